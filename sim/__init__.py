@@ -1,0 +1,1 @@
+"""MuJoCo stand-in robots: scripted experts, dataset collection and the wire-protocol sim server."""

@@ -1,0 +1,81 @@
+"""Roll a scripted expert in a Gymnasium MuJoCo environment and save the episodes as a Dataset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .dataset import Dataset, Episode
+from .experts import make_expert
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    env_id: str = "InvertedPendulum-v5"
+    expert: str = "lqr"
+    episodes: int = 50
+    action_noise: float = 0.0
+    """Std of Gaussian noise added to the applied action (labels stay the expert's clean action)."""
+    seed: int = 0
+
+
+def run_episode(env, expert, rng: np.random.Generator, noise: float, seed: int) -> Episode:
+    obs, _ = env.reset(seed=seed)
+    low, high = env.action_space.low, env.action_space.high
+    rows: dict[str, list] = {k: [] for k in ("o", "a", "e", "r", "term", "trunc")}
+    while True:
+        clean = expert.act(env)
+        applied = np.clip(clean + noise * rng.standard_normal(clean.shape), low, high).astype(np.float32)
+        next_obs, reward, terminated, truncated, _ = env.step(applied)
+        for key, value in zip(rows, (obs, applied, clean, reward, terminated, truncated)):
+            rows[key].append(value)
+        obs = next_obs
+        if terminated or truncated:
+            break
+    return Episode(
+        observations=np.asarray(rows["o"], np.float32),
+        actions=np.asarray(rows["a"], np.float32),
+        expert_actions=np.asarray(rows["e"], np.float32),
+        rewards=np.asarray(rows["r"], np.float32),
+        terminations=np.asarray(rows["term"], bool),
+        truncations=np.asarray(rows["trunc"], bool),
+    )
+
+
+def collect(cfg: CollectConfig, out: Path | None = None, progress: bool = True) -> Dataset:
+    import gymnasium as gym
+    from tqdm import tqdm
+
+    env = gym.make(cfg.env_id)
+    expert = make_expert(cfg.expert, env)
+    rng = np.random.default_rng(cfg.seed)
+    episodes = []
+    bar = tqdm(range(cfg.episodes), desc=f"collect {cfg.env_id}", unit="ep", disable=not progress)
+    for i in bar:
+        episodes.append(run_episode(env, expert, rng, cfg.action_noise, seed=cfg.seed * 100_003 + i))
+        bar.set_postfix(ret=f"{episodes[-1].total_return:.0f}")
+    env.close()
+    meta = {
+        "env_id": cfg.env_id,
+        "expert": cfg.expert,
+        "action_noise": cfg.action_noise,
+        "seed": cfg.seed,
+        "episodes": len(episodes),
+        "action_low": env.action_space.low.tolist(),
+        "action_high": env.action_space.high.tolist(),
+    }
+    dataset = Dataset(episodes=episodes, meta=meta)
+    if out is not None:
+        dataset.save(out)
+    return dataset
+
+
+def summary(dataset: Dataset) -> str:
+    returns = dataset.returns()
+    steps = sum(len(e) for e in dataset.episodes)
+    return (
+        f"{len(dataset.episodes)} episodes, {steps} steps; return min {returns.min():.1f} / "
+        f"median {np.median(returns):.1f} / max {returns.max():.1f}"
+    )

@@ -1,0 +1,92 @@
+"""Scripted experts that produce demonstration data.
+
+The LQR expert linearizes the *real* environment step (MuJoCo through Gymnasium) by central finite
+differences around the upright equilibrium: `mujoco.mjd_transitionFD` refuses the RK4 integrator these
+XMLs use, and differencing the step itself also captures the frame skip and actuator gear.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+LQR_ENVS = ("InvertedPendulum-v5", "InvertedDoublePendulum-v5")
+
+
+def _sim_state(env) -> np.ndarray:
+    data = env.unwrapped.data
+    return np.concatenate([data.qpos, data.qvel]).astype(np.float64)
+
+
+def _step_from(env, state: np.ndarray, action: np.ndarray) -> np.ndarray:
+    core = env.unwrapped
+    nq = core.model.nq
+    core.set_state(state[:nq], state[nq:])
+    core.do_simulation(action, core.frame_skip)
+    return _sim_state(env)
+
+
+def linearize(env, eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
+    """A, B of x' = A x + B u around x = 0, u = 0 by central differences of the environment step."""
+    core = env.unwrapped
+    n = core.model.nq + core.model.nv
+    m = env.action_space.shape[0]
+    x0, u0 = np.zeros(n), np.zeros(m)
+    a_mat, b_mat = np.zeros((n, n)), np.zeros((n, m))
+    for i in range(n):
+        dx = np.zeros(n)
+        dx[i] = eps
+        a_mat[:, i] = (_step_from(env, x0 + dx, u0) - _step_from(env, x0 - dx, u0)) / (2 * eps)
+    for j in range(m):
+        du = np.zeros(m)
+        du[j] = eps
+        b_mat[:, j] = (_step_from(env, x0, u0 + du) - _step_from(env, x0, u0 - du)) / (2 * eps)
+    return a_mat, b_mat
+
+
+def discrete_lqr_gain(a_mat, b_mat, q_mat, r_mat, iterations: int = 5000) -> np.ndarray:
+    """K of u = -K x from the discrete algebraic Riccati equation, solved by fixed-point iteration."""
+    p_mat = q_mat.copy()
+    for _ in range(iterations):
+        gain = np.linalg.solve(r_mat + b_mat.T @ p_mat @ b_mat, b_mat.T @ p_mat @ a_mat)
+        p_next = q_mat + a_mat.T @ p_mat @ (a_mat - b_mat @ gain)
+        if np.max(np.abs(p_next - p_mat)) < 1e-10 * max(1.0, np.max(np.abs(p_mat))):
+            p_mat = p_next
+            break
+        p_mat = p_next
+    return np.linalg.solve(r_mat + b_mat.T @ p_mat @ b_mat, b_mat.T @ p_mat @ a_mat)
+
+
+@dataclass
+class LQRExpert:
+    """Full-state LQR around the upright pose; reads qpos/qvel from the simulator, not the observation."""
+
+    gain: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+    @classmethod
+    def for_env(cls, env) -> LQRExpert:
+        env_id = env.spec.id if env.spec is not None else "?"
+        if env_id not in LQR_ENVS:
+            raise ValueError(f"no LQR expert for {env_id!r}; supported environments: {', '.join(LQR_ENVS)}")
+        env.reset(seed=0)
+        a_mat, b_mat = linearize(env)
+        n = a_mat.shape[0]
+        q_mat = np.eye(n)
+        r_mat = 0.1 * np.eye(b_mat.shape[1])
+        gain = discrete_lqr_gain(a_mat, b_mat, q_mat, r_mat)
+        return cls(gain=gain, low=env.action_space.low.astype(np.float64), high=env.action_space.high.astype(np.float64))
+
+    def act(self, env) -> np.ndarray:
+        return np.clip(-self.gain @ _sim_state(env), self.low, self.high).astype(np.float32)
+
+
+EXPERTS = {"lqr": LQRExpert}
+
+
+def make_expert(name: str, env):
+    if name not in EXPERTS:
+        raise ValueError(f"unknown expert {name!r}; available: {', '.join(EXPERTS)}")
+    return EXPERTS[name].for_env(env)
