@@ -1,0 +1,103 @@
+"""`policyrt run`: control a robot (or the sim server) with a bundle over the wire protocol."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+DESCRIPTION = """\
+Load a policy bundle and act as the controller of the robot bound at ENDPOINT: say HELLO, check
+the robot's SPEC against the bundle, then answer every observation with the policy's action,
+clipped to the action bounds. Prints episode returns and per-stage latencies (receive, infer,
+filter, send) at the end, including after Ctrl-C."""
+
+EXAMPLES = """\
+examples:
+  policyrt run bundles/inverted-pendulum-xlstm.policy --connect tcp://127.0.0.1:5555
+  policyrt run bundles/inverted-pendulum-xlstm.policy --connect ipc:///tmp/pend.sock --episodes 5
+  policyrt run my.policy --connect tcp://127.0.0.1:5555 --backend onnxruntime --spin-us 200 --results run.json
+
+the robot side must be bound first or soon after, e.g.:
+  policyrt sim serve --env InvertedPendulum-v5 --bind tcp://127.0.0.1:5555"""
+
+# Stop reasons that mean the run did not end the way it was asked to.
+_FAILED = ("robot_lost",)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "run",
+        help="run a bundle as the controller of a robot or simulation",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("bundle", help="bundle directory (NAME.policy/) or .tar")
+    p.add_argument(
+        "--connect",
+        required=True,
+        metavar="ENDPOINT",
+        help="the robot's endpoint: tcp://HOST:PORT or ipc://PATH",
+    )
+    p.add_argument("--mode", choices=["lockstep"], default="lockstep", help="lockstep (the only mode so far)")
+    p.add_argument("--backend", default="auto", help="runtime backend (default: auto)")
+    p.add_argument(
+        "--episodes", type=int, default=None, help="stop after N episodes (default: until the robot leaves)"
+    )
+    p.add_argument(
+        "--spin-us",
+        type=int,
+        default=0,
+        metavar="US",
+        help="busy-poll each observation this long before blocking",
+    )
+    p.add_argument(
+        "--robot-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="give up on a silent robot after S seconds",
+    )
+    p.add_argument("--results", metavar="PATH", help="write the summary (episodes, errors, timing) as JSON")
+    p.set_defaults(handler=handle)
+    return p
+
+
+def handle(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    from policyrt.controllers.loop import SpecMismatchError, format_summary, run_lockstep
+    from policyrt.runtime import load
+
+    session = load(args.bundle, backend=args.backend)
+    try:
+        result = run_lockstep(
+            session,
+            args.connect,
+            episodes=args.episodes,
+            spin_us=args.spin_us,
+            robot_timeout_s=args.robot_timeout,
+        )
+    except (SpecMismatchError, TimeoutError) as exc:
+        print(f"policyrt run: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, SpecMismatchError) else 1
+    except KeyboardInterrupt:  # Ctrl-C before the session started
+        print("policyrt run: interrupted before the session started", file=sys.stderr)
+        return 130
+    print(format_summary(result), flush=True)
+    if args.results:
+        with open(args.results, "w") as f:
+            json.dump(result.to_dict(), f, indent=2)
+    return 1 if result.stop_reason in _FAILED else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="policyrt")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["run", *(sys.argv[1:] if argv is None else argv)])
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

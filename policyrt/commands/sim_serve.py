@@ -1,0 +1,112 @@
+"""`policyrt sim serve`: run a Gymnasium MuJoCo environment as a robot speaking the wire protocol."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+DESCRIPTION = """\
+Serve a Gymnasium MuJoCo environment as a stand-in robot. The server binds ENDPOINT, waits for a
+controller's HELLO, announces the environment (SPEC) and steps it with the controller's actions,
+one ACT per observation (lockstep). It stops after --episodes episodes, when the controller says
+BYE, or when the controller is silent for --controller-timeout seconds."""
+
+EXAMPLES = """\
+examples:
+  policyrt sim serve --env InvertedPendulum-v5 --bind tcp://127.0.0.1:5555
+  policyrt sim serve --env Hopper-v5 --bind ipc:///tmp/hopper.sock --episodes 10 --results hopper.json
+  policyrt sim serve --env InvertedPendulum-v5 --bind tcp://127.0.0.1:5555 --env-arg max_episode_steps=200
+
+then, in another shell:
+  policyrt run bundles/inverted-pendulum-xlstm.policy --connect tcp://127.0.0.1:5555"""
+
+
+def _env_arg(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value  # a bare string such as render_mode=rgb_array
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve a MuJoCo environment over the wire protocol",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--env", required=True, metavar="ENV_ID", help="Gymnasium id, e.g. InvertedPendulum-v5")
+    p.add_argument("--bind", required=True, metavar="ENDPOINT", help="tcp://HOST:PORT or ipc://PATH")
+    p.add_argument("--mode", choices=["lockstep"], default="lockstep", help="lockstep (the only mode so far)")
+    p.add_argument(
+        "--episodes",
+        type=int,
+        default=None,
+        help="stop after N episodes (default: until the controller leaves)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the first reset (default: 0)")
+    p.add_argument(
+        "--controller-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="give up on a silent controller after S seconds",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="give up if no controller says HELLO within S seconds",
+    )
+    p.add_argument(
+        "--env-arg",
+        type=_env_arg,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="passed to gymnasium.make (JSON values)",
+    )
+    p.add_argument("--results", metavar="PATH", help="write episode returns/lengths and timing as JSON")
+    p.add_argument(
+        "--spin-us", type=int, default=0, metavar="US", help="busy-poll each ACT this long before blocking"
+    )
+    p.set_defaults(handler=handle)
+    return p
+
+
+def handle(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    from policyrt.sim.server import format_result, serve
+
+    result = serve(
+        args.env,
+        args.bind,
+        mode=args.mode,
+        episodes=args.episodes,
+        seed=args.seed,
+        controller_timeout_s=args.controller_timeout,
+        connect_timeout_s=args.connect_timeout,
+        results_path=args.results,
+        env_kwargs=dict(args.env_arg),
+        spin_us=args.spin_us,
+    )
+    print(format_result(result), flush=True)
+    return 1 if result.stop_reason in ("controller_lost", "no_controller") else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="policyrt sim")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""One end of a policyrt session: a ZeroMQ DEALER socket that sends and receives protocol frames.
+
+Both ends use DEALER (docs/PROTOCOL.md, "Sockets"): it is bidirectional over one endpoint,
+reconnects by itself, carries single frames, and accepts ZMQ_CONFLATE for the later real-time
+stream. The robot side binds, the controller connects.
+
+Receiving goes into one preallocated buffer (`recv_into`), so a steady stream of OBS or ACT
+frames allocates no frame objects; the decoded message's values are views into that buffer
+and stay valid until the next receive.
+
+Board-side module: standard library, numpy and pyzmq only, Python 3.10.
+"""
+
+from __future__ import annotations
+
+import time
+
+import zmq
+
+from policyrt.protocol import MAX_FRAME_BYTES, Message, ProtocolError, decode
+
+
+class Link:
+    """A session socket. `recv` returns a validated Message, None on timeout, or raises
+    ProtocolError; `send` returns False instead of blocking when the peer cannot take a frame."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        bind: bool,
+        context: zmq.Context | None = None,
+        send_timeout_ms: int = 1000,
+    ):
+        self.endpoint = endpoint
+        self._ctx = context or zmq.Context.instance()
+        self.sock = self._ctx.socket(zmq.DEALER)
+        # Never keep unsent frames alive past close: a dead session must not hold the process.
+        self.sock.setsockopt(zmq.LINGER, 0)
+        # DEALER blocks a send while it has no connected peer; bound it so a vanished peer
+        # shows up as a failed send, never as a hang.
+        self.sock.setsockopt(zmq.SNDTIMEO, send_timeout_ms)
+        if bind:
+            self.sock.bind(endpoint)
+        else:
+            self.sock.connect(endpoint)
+        self._buf = bytearray(MAX_FRAME_BYTES)
+        self._view = memoryview(self._buf)
+        self._recv_into = getattr(self.sock, "recv_into", None)  # pyzmq >= 26.4
+        self.obs_dim: int | None = None  # set from the SPEC; decode then checks OBS/ACT sizes
+        self.act_dim: int | None = None
+
+    def send(self, frame) -> bool:
+        try:
+            self.sock.send(frame, copy=True)  # copy: encoders reuse their buffers at once
+            return True
+        except zmq.Again:
+            return False
+
+    def recv(self, timeout_s: float | None, spin_ns: int = 0) -> Message | None:
+        """Wait up to timeout_s (None: forever) for one frame and decode it.
+
+        spin_ns > 0 first busy-polls that long without sleeping: a blocking wake-up costs tens of
+        microseconds, which is most of a loopback round trip when the answer comes quickly.
+        """
+        if not self._wait(timeout_s, spin_ns):
+            return None
+        n = self._read()
+        if n > len(self._buf):
+            raise ProtocolError(
+                "length", f"frame of {n} bytes exceeds the {len(self._buf)}-byte receive buffer"
+            )
+        return decode(self._view[:n], obs_dim=self.obs_dim, act_dim=self.act_dim)
+
+    def _wait(self, timeout_s: float | None, spin_ns: int) -> bool:
+        sock = self.sock
+        if spin_ns > 0:
+            end = time.perf_counter_ns() + spin_ns
+            while True:
+                if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    return True
+                if time.perf_counter_ns() >= end:
+                    break
+        timeout_ms = -1 if timeout_s is None else max(0, int(timeout_s * 1000))
+        return bool(sock.poll(timeout_ms, zmq.POLLIN))
+
+    def _read(self) -> int:
+        if self._recv_into is not None:
+            return self._recv_into(self._buf, flags=zmq.NOBLOCK)
+        frame = self.sock.recv(zmq.NOBLOCK)
+        n = len(frame)
+        if n <= len(self._buf):
+            self._buf[:n] = frame
+        return n
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+    def __enter__(self) -> Link:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,381 @@
+"""The policyrt wire protocol: single-frame binary messages between a robot and its controller.
+
+docs/PROTOCOL.md is the normative, byte-by-byte specification; this module is its Python
+implementation. Every message is one ZeroMQ frame: a 40-byte little-endian header followed by a
+float32 payload (SPEC alone appends a UTF-8 JSON text after its floats).
+
+Encoders trust their caller and write into buffers preallocated once per sender, because they sit
+on the hot path. Decoders trust nothing: every check failure raises one `ProtocolError` whose
+`kind` names the failure, so loops can count errors per kind and keep running.
+
+Board-side module: standard library and numpy only, Python 3.10.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import math
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+MAGIC = b"PLRT"
+VERSION = 1
+
+# magic, version, type, flags, seq, ack, timestamp_ns, episode, step, payload_len, reserved
+HEADER = struct.Struct("<4sBBHIIQIIII")
+HEADER_SIZE = HEADER.size  # 40: a multiple of 8, so the payload that follows stays aligned
+assert HEADER_SIZE == 40
+
+# Receive buffers are sized for this; it bounds how large a SPEC (with names) may grow.
+MAX_FRAME_BYTES = 64 * 1024
+
+_SEQ_MOD = 1 << 32
+_F32 = np.dtype("<f4")
+
+
+class MsgType(enum.IntEnum):
+    HELLO = 1  # controller -> robot: start a session, please send SPEC
+    SPEC = 2  # robot -> controller: dims, rate, bounds, names
+    OBS = 3  # robot -> controller: observation + reward of the last tick
+    ACT = 4  # controller -> robot: action answering one OBS
+    ESTOP = 5  # either way: latch the emergency stop
+    CLEAR = 6  # either way: release a latched emergency stop
+    HEARTBEAT = 7  # either way: liveness only
+    BYE = 8  # either way: the sender ends the session on purpose
+
+
+class ObsFlag(enum.IntFlag):
+    RESET = 1  # first observation of a new episode; its reward is 0
+    TERMINATED = 2  # the episode ended in a terminal state; this OBS is not answered
+    TRUNCATED = 4  # the episode was cut off (time limit); this OBS is not answered
+
+
+class ActFlag(enum.IntFlag):
+    FALLBACK = 1  # the action is the controller's safe fallback, not the policy's output
+    ESTOP = 2  # the controller has an emergency stop latched: go safe
+
+
+# Flag bits a message type may carry; anything else is rejected, so a future flag can never be
+# silently ignored by an older peer (new flags come with a new VERSION).
+ALLOWED_FLAGS = {
+    MsgType.OBS: int(ObsFlag.RESET | ObsFlag.TERMINATED | ObsFlag.TRUNCATED),
+    MsgType.ACT: int(ActFlag.FALLBACK | ActFlag.ESTOP),
+}
+
+# Types whose payload must be empty in this version.
+_EMPTY_TYPES = (MsgType.HELLO, MsgType.ESTOP, MsgType.CLEAR, MsgType.HEARTBEAT, MsgType.BYE)
+
+# Everything `ProtocolError.kind` can be. Decoding raises the first eight; the last two are raised
+# by the loops on both ends for well-formed messages that arrive at the wrong moment.
+ERROR_KINDS = (
+    "truncated",  # fewer bytes than the header, or than the header's payload_len announces
+    "length",  # more bytes than announced, or a payload size that type can never have
+    "magic",
+    "version",
+    "type",  # unknown message type
+    "flags",  # flag bits not defined for the type
+    "dims",  # OBS/ACT float count disagrees with the SPEC
+    "nonfinite",  # NaN or infinity where a finite value is required
+    "spec",  # SPEC content invalid (dims, rate, bounds, JSON)
+    "unexpected",  # a valid message the receiver cannot use in its current state
+    "stale",  # an ACT answering an OBS other than the one outstanding
+)
+
+
+class ProtocolError(Exception):
+    """A message was rejected. `kind` is one of ERROR_KINDS; `detail` says what was seen."""
+
+    def __init__(self, kind: str, detail: str):
+        assert kind in ERROR_KINDS, kind
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: numpy fields make == ambiguous
+class Spec:
+    """What a robot announces about itself in SPEC."""
+
+    obs_dim: int
+    act_dim: int
+    control_rate_hz: float | None = None  # None: the robot has no fixed rate (lockstep sim)
+    action_low: np.ndarray | None = None  # float32 [act_dim]; None: -inf
+    action_high: np.ndarray | None = None  # float32 [act_dim]; None: +inf
+    robot: str = ""  # free-form identity, e.g. the Gymnasium env id
+    obs_names: tuple[str, ...] = ()
+    act_names: tuple[str, ...] = ()
+    extra: dict = field(default_factory=dict)  # unknown JSON keys, kept for the curious
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        low = self.action_low if self.action_low is not None else np.full(self.act_dim, -np.inf)
+        high = self.action_high if self.action_high is not None else np.full(self.act_dim, np.inf)
+        return np.asarray(low, np.float32), np.asarray(high, np.float32)
+
+
+class Message(NamedTuple):
+    """One decoded frame. `values` is a float32 view into the received buffer: copy it if you
+    keep it past the next receive into that buffer."""
+
+    type: MsgType
+    flags: int
+    seq: int
+    ack: int
+    timestamp_ns: int
+    episode: int
+    step: int
+    values: np.ndarray  # OBS: obs then reward; ACT: action; SPEC: its numeric part; else empty
+    spec: Spec | None = None  # SPEC only
+
+    @property
+    def obs(self) -> np.ndarray:
+        return self.values[:-1]
+
+    @property
+    def reward(self) -> float:
+        return float(self.values[-1])
+
+
+def _check_flags(mtype: MsgType, flags: int) -> None:
+    if flags & ~ALLOWED_FLAGS.get(mtype, 0):
+        raise ProtocolError(
+            "flags", f"{mtype.name} with flags 0x{flags:04x}; allowed 0x{ALLOWED_FLAGS.get(mtype, 0):04x}"
+        )
+
+
+def decode(frame, *, obs_dim: int | None = None, act_dim: int | None = None) -> Message:
+    """Decode and validate one frame (bytes, bytearray or memoryview, exactly the frame's bytes).
+
+    obs_dim / act_dim come from the SPEC of the session; when given, OBS and ACT payloads must
+    match them. Raises ProtocolError on anything the specification does not allow.
+    """
+    n = len(frame)
+    if n < HEADER_SIZE:
+        raise ProtocolError("truncated", f"{n} bytes, shorter than the {HEADER_SIZE}-byte header")
+    magic, version, mtype, flags, seq, ack, ts, episode, step, plen, _reserved = HEADER.unpack_from(frame)
+    if magic != MAGIC:
+        raise ProtocolError("magic", f"magic {bytes(magic)!r}, expected {MAGIC!r}")
+    if version != VERSION:
+        raise ProtocolError("version", f"version {version}, this side speaks {VERSION}")
+    try:
+        mtype = MsgType(mtype)
+    except ValueError:
+        raise ProtocolError("type", f"unknown message type {mtype}") from None
+    _check_flags(mtype, flags)
+    if n < HEADER_SIZE + plen:
+        raise ProtocolError(
+            "truncated", f"{mtype.name} announces {plen} payload bytes, frame holds {n - HEADER_SIZE}"
+        )
+    if n > HEADER_SIZE + plen:
+        raise ProtocolError(
+            "length", f"{mtype.name} announces {plen} payload bytes, frame holds {n - HEADER_SIZE}"
+        )
+
+    if mtype in _EMPTY_TYPES:
+        if plen:
+            raise ProtocolError("length", f"{mtype.name} must have an empty payload, has {plen} bytes")
+        return Message(mtype, flags, seq, ack, ts, episode, step, _EMPTY)
+    if mtype is MsgType.SPEC:
+        spec, values = _decode_spec(frame, plen)
+        return Message(mtype, flags, seq, ack, ts, episode, step, values, spec)
+
+    if plen % 4:
+        raise ProtocolError("length", f"{mtype.name} payload of {plen} bytes is not whole float32s")
+    count = plen // 4
+    if mtype is MsgType.OBS:
+        if count < 1:
+            raise ProtocolError("length", "OBS payload must hold at least the reward")
+        if obs_dim is not None and count != obs_dim + 1:
+            raise ProtocolError(
+                "dims", f"OBS holds {count - 1} observation values, SPEC says obs_dim={obs_dim}"
+            )
+    elif act_dim is not None and count != act_dim:  # ACT
+        raise ProtocolError("dims", f"ACT holds {count} action values, SPEC says act_dim={act_dim}")
+    values = np.frombuffer(frame, _F32, count, HEADER_SIZE)
+    if not np.isfinite(values).all():
+        raise ProtocolError("nonfinite", f"{mtype.name} seq {seq} carries NaN or infinity")
+    return Message(mtype, flags, seq, ack, ts, episode, step, values)
+
+
+_EMPTY = np.zeros(0, _F32)
+_EMPTY.flags.writeable = False
+
+
+def _decode_spec(frame, plen: int) -> tuple[Spec, np.ndarray]:
+    if plen < 12:
+        raise ProtocolError("spec", f"SPEC payload of {plen} bytes cannot hold obs_dim, act_dim, rate")
+    head = np.frombuffer(frame, _F32, 3, HEADER_SIZE)
+    obs_f, act_f, rate = (float(v) for v in head)
+    for name, v in (("obs_dim", obs_f), ("act_dim", act_f)):
+        if not (math.isfinite(v) and v == int(v) and 1 <= v <= 65535):
+            raise ProtocolError("spec", f"{name}={v} is not an integer in 1..65535")
+    if not (math.isfinite(rate) and rate >= 0):
+        raise ProtocolError("spec", f"control_rate_hz={rate} must be finite and >= 0")
+    obs_dim, act_dim = int(obs_f), int(act_f)
+    count = 3 + 2 * act_dim
+    if plen < 4 * count:
+        raise ProtocolError(
+            "spec", f"SPEC for act_dim={act_dim} needs {4 * count} bytes of floats, has {plen}"
+        )
+    values = np.frombuffer(frame, _F32, count, HEADER_SIZE)
+    low, high = values[3 : 3 + act_dim].copy(), values[3 + act_dim :].copy()
+    if np.isnan(low).any() or np.isnan(high).any() or (low > high).any():
+        raise ProtocolError("spec", f"action bounds are NaN or low > high: low={low}, high={high}")
+    text = bytes(frame[HEADER_SIZE + 4 * count : HEADER_SIZE + plen])
+    info = _decode_spec_text(text, obs_dim, act_dim)
+    spec = Spec(
+        obs_dim=obs_dim,
+        act_dim=act_dim,
+        control_rate_hz=rate or None,
+        action_low=low,
+        action_high=high,
+        robot=info.pop("robot", ""),
+        obs_names=tuple(info.pop("obs_names", ())),
+        act_names=tuple(info.pop("act_names", ())),
+        extra=info,
+    )
+    return spec, values
+
+
+def _decode_spec_text(text: bytes, obs_dim: int, act_dim: int) -> dict:
+    if not text:
+        return {}
+    try:
+        info = json.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError("spec", f"SPEC text is not UTF-8 JSON: {exc}") from None
+    if not isinstance(info, dict):
+        raise ProtocolError("spec", f"SPEC text must be a JSON object, got {type(info).__name__}")
+    if not isinstance(info.get("robot", ""), str):
+        raise ProtocolError("spec", "SPEC 'robot' must be a string")
+    for key, dim in (("obs_names", obs_dim), ("act_names", act_dim)):
+        names = info.get(key, [])
+        if not (isinstance(names, list) and all(isinstance(s, str) for s in names)):
+            raise ProtocolError("spec", f"SPEC '{key}' must be a list of strings")
+        if names and len(names) != dim:
+            raise ProtocolError("spec", f"SPEC has {len(names)} {key} for dimension {dim}")
+    return info
+
+
+class Encoder:
+    """Writes one sender's messages. Owns the sender's sequence counter (1, 2, ... wrapping to 1
+    after 2**32 - 1; 0 is never sent, so ack=0 can mean "answers nothing").
+
+    OBS and ACT are written into buffers allocated once for the session's dims; the returned
+    bytearray is reused by the next call of the same kind, so send it before encoding another.
+    """
+
+    def __init__(self, obs_dim: int = 0, act_dim: int = 0):
+        self._seq = 0
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self._obs_buf = bytearray(HEADER_SIZE + 4 * (obs_dim + 1))
+        self._obs_values = np.frombuffer(self._obs_buf, _F32, obs_dim + 1, HEADER_SIZE)
+        self._act_buf = bytearray(HEADER_SIZE + 4 * act_dim)
+        self._act_values = np.frombuffer(self._act_buf, _F32, act_dim, HEADER_SIZE)
+        self._small_buf = bytearray(HEADER_SIZE)
+
+    @property
+    def last_seq(self) -> int:
+        """Sequence number of the most recently encoded message (0 before the first)."""
+        return self._seq
+
+    def _next_seq(self) -> int:
+        self._seq = self._seq % (_SEQ_MOD - 1) + 1
+        return self._seq
+
+    def _header(self, buf, mtype, flags, ack, episode, step, plen) -> None:
+        HEADER.pack_into(
+            buf,
+            0,
+            MAGIC,
+            VERSION,
+            mtype,
+            flags,
+            self._next_seq(),
+            ack,
+            time.monotonic_ns(),
+            episode,
+            step,
+            plen,
+            0,
+        )
+
+    def obs(self, obs, reward: float, *, flags: int = 0, episode: int = 0, step: int = 0) -> bytearray:
+        self._obs_values[:-1] = obs
+        self._obs_values[-1] = reward
+        self._header(self._obs_buf, MsgType.OBS, flags, 0, episode, step, 4 * (self.obs_dim + 1))
+        return self._obs_buf
+
+    def act(self, action, *, ack: int, flags: int = 0, episode: int = 0, step: int = 0) -> bytearray:
+        self._act_values[:] = action
+        self._header(self._act_buf, MsgType.ACT, flags, ack, episode, step, 4 * self.act_dim)
+        return self._act_buf
+
+    def control(self, mtype: MsgType, *, ack: int = 0, episode: int = 0, step: int = 0) -> bytearray:
+        """HELLO, ESTOP, CLEAR, HEARTBEAT or BYE: a header with an empty payload."""
+        if mtype not in _EMPTY_TYPES:
+            raise ValueError(f"{mtype!r} carries a payload; use its own encoder method")
+        self._header(self._small_buf, mtype, 0, ack, episode, step, 0)
+        return self._small_buf
+
+    def spec(self, spec: Spec, *, ack: int = 0) -> bytes:
+        """SPEC is sent once per session, so it is built fresh rather than preallocated."""
+        low, high = spec.bounds()
+        floats = np.concatenate(
+            [np.array([spec.obs_dim, spec.act_dim, spec.control_rate_hz or 0.0], _F32), low, high]
+        ).astype(_F32)
+        info = dict(spec.extra)
+        info.update(robot=spec.robot, obs_names=list(spec.obs_names), act_names=list(spec.act_names))
+        text = json.dumps(info, separators=(",", ":")).encode("utf-8")
+        payload = floats.tobytes() + text
+        buf = bytearray(HEADER_SIZE + len(payload))
+        self._header(buf, MsgType.SPEC, 0, ack, 0, 0, len(payload))
+        buf[HEADER_SIZE:] = payload
+        return bytes(buf)
+
+
+def stream_endpoint(endpoint: str) -> str:
+    """Endpoint of the second, latest-value socket pair reserved for the real-time mode.
+
+    Derived from the session endpoint so both sides agree without configuration:
+    tcp://HOST:PORT -> tcp://HOST:PORT+1, ipc://PATH -> ipc://PATH.stream. Lockstep does not
+    use it (see docs/PROTOCOL.md, "Sockets").
+    """
+    if endpoint.startswith("tcp://"):
+        host, sep, port = endpoint[len("tcp://") :].rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65535:
+            raise ValueError(f"tcp endpoint needs an explicit port below 65535: {endpoint!r}")
+        return f"tcp://{host}:{int(port) + 1}"
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return endpoint + ".stream"
+    raise ValueError(f"unsupported endpoint {endpoint!r}: use tcp://HOST:PORT or ipc://PATH")
+
+
+class ErrorTally:
+    """Counts rejected messages per kind and logs only the first of each kind, so a peer that
+    floods garbage cannot flood the log or slow the loop down with formatting."""
+
+    def __init__(self, logger: logging.Logger, who: str):
+        self.counts: dict[str, int] = {}
+        self._log, self._who = logger, who
+
+    def add(self, error: ProtocolError) -> None:
+        seen = self.counts.get(error.kind, 0)
+        self.counts[error.kind] = seen + 1
+        if not seen:
+            self._log.warning(
+                "%s: rejected a message (%s): %s; further '%s' errors are only counted",
+                self._who,
+                error.kind,
+                error.detail,
+                error.kind,
+            )
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
