@@ -68,9 +68,10 @@ class MLSTMBlockStep(nn.Module):
             if getattr(layer, name).bias is not None:
                 raise ValueError("biased q/k/v projections are not supported by the step export")
         cell = layer.mlstm_cell
-        gates = torch.cat([cell.igate.weight.detach(), cell.fgate.weight.detach()], 0)  # [2NH, 3*inner]
+        # The forget gate is stored negated: log(sigmoid(f)) = -softplus(-f) then needs no Neg node.
+        gates = torch.cat([cell.igate.weight.detach(), -cell.fgate.weight.detach()], 0)  # [2NH, 3*inner]
         self.gate_weight = nn.Parameter(gates.T.contiguous(), requires_grad=False)
-        self.gate_bias = nn.Parameter(torch.cat([cell.igate.bias.detach(), cell.fgate.bias.detach()]), requires_grad=False)
+        self.gate_bias = nn.Parameter(torch.cat([cell.igate.bias.detach(), -cell.fgate.bias.detach()]), requires_grad=False)
         self.outnorm_weight = nn.Parameter(
             cell.outnorm.weight_proxy.detach().reshape(self.heads, self.head_dim).clone(), requires_grad=False
         )
@@ -90,12 +91,11 @@ class MLSTMBlockStep(nn.Module):
         return specs
 
     def forward(self, x: torch.Tensor, states: list[torch.Tensor]):
-        b = x.shape[0]
-        xn = F.layer_norm(x, (x.shape[-1],), self.norm_weight, None, LAYER_NORM_EPS)
+        xn = F.layer_norm(x, (self.norm_weight.shape[0],), self.norm_weight, None, LAYER_NORM_EPS)
         up = xn @ self.proj_up
         if self.proj_up_bias is not None:
             up = up + self.proj_up_bias
-        x_m, z = up[:, : self.inner], up[:, self.inner :]
+        x_m, z = torch.split(up, self.inner, dim=-1)
         c_state, n_state, m_state = states[0], states[1], states[2]
         next_states = []
         if self.kernel > 0:
@@ -108,17 +108,17 @@ class MLSTMBlockStep(nn.Module):
             conv = x_m
         conv_act = F.silu(conv)
         qk = conv_act @ self.qk_proj
-        q, k = qk[:, : self.inner], qk[:, self.inner :]
+        q, k = torch.split(qk, self.inner, dim=-1)
         v = x_m @ self.v_proj
         gates = torch.cat([q, k, v], dim=-1) @ self.gate_weight + self.gate_bias
-        i_pre, f_pre = gates[:, : self.heads], gates[:, self.heads :]
-        log_f = -F.softplus(-f_pre)  # log(sigmoid(f)), finite in fp16
-        m_new = torch.maximum(log_f + m_state, i_pre)  # [B, NH]
-        f_act = torch.exp(log_f + m_state - m_new).unsqueeze(-1)  # [B, NH, 1]
+        i_pre, f_neg = torch.split(gates, self.heads, dim=-1)
+        log_f_plus_m = m_state - F.softplus(f_neg)  # log(sigmoid(f)) + m, finite in fp16
+        m_new = torch.maximum(log_f_plus_m, i_pre)  # [B, NH]
+        f_act = torch.exp(log_f_plus_m - m_new).unsqueeze(-1)  # [B, NH, 1]
         i_act = torch.exp(i_pre - m_new).unsqueeze(-1)
-        qh = q.reshape(b, self.heads, self.head_dim)
-        kh = k.reshape(b, self.heads, self.head_dim) * (1.0 / math.sqrt(self.head_dim))
-        vh = v.reshape(b, self.heads, self.head_dim)
+        qh = q.reshape(-1, self.heads, self.head_dim)
+        kh = k.reshape(-1, self.heads, self.head_dim) * (1.0 / math.sqrt(self.head_dim))
+        vh = v.reshape(-1, self.heads, self.head_dim)
         c_new = f_act.unsqueeze(-1) * c_state + (i_act * kh).unsqueeze(-1) * vh.unsqueeze(-2)
         n_new = f_act * n_state + i_act * kh
         h_num = (qh.unsqueeze(-1) * c_new).sum(dim=-2)  # q^T C -> [B, NH, DH]
@@ -126,7 +126,7 @@ class MLSTMBlockStep(nn.Module):
         h_den = torch.maximum(qn.abs(), torch.exp(-m_new).unsqueeze(-1)) + MLSTM_EPS
         h = h_num / h_den
         h = F.layer_norm(h, (self.head_dim,), None, None, LAYER_NORM_EPS) * self.outnorm_weight
-        h = h.reshape(b, self.inner) + self.skip * conv_act
+        h = h.reshape(-1, self.inner) + self.skip * conv_act
         y = (h * F.silu(z)) @ self.proj_down
         if self.proj_down_bias is not None:
             y = y + self.proj_down_bias
@@ -165,11 +165,11 @@ class XLSTMStep(nn.Module):
         return [torch.full((batch, *s.shape), s.init, dtype=torch.float32) for s in self.specs]
 
     def forward(self, obs, prev_action, reward, target_return, reset, *states):
-        keep = torch.logical_not(reset)
+        keep = torch.logical_not(reset).to(obs.dtype)
         # The graph enforces what a reset means, whatever the host sent: zero history, fresh state.
-        prev_action = torch.where(keep.unsqueeze(-1), prev_action, torch.zeros_like(prev_action))
-        reward = torch.where(keep, reward, torch.zeros_like(reward))
-        rtg = torch.where(keep.unsqueeze(-1), states[0] - reward.unsqueeze(-1), target_return.unsqueeze(-1))
+        prev_action = prev_action * keep.unsqueeze(-1)
+        reward = reward * keep
+        rtg = torch.where(reset.unsqueeze(-1), target_return.unsqueeze(-1), states[0] - reward.unsqueeze(-1))
         x = self.policy.tokens(obs, prev_action, reward, rtg.squeeze(-1))
         next_states = [rtg]
         cursor = 1
@@ -180,11 +180,14 @@ class XLSTMStep(nn.Module):
             next_states.extend(new)
             cursor += count
         if self.post_norm_weight is not None:
-            x = F.layer_norm(x, (x.shape[-1],), self.post_norm_weight, None, LAYER_NORM_EPS)
+            x = F.layer_norm(x, (self.post_norm_weight.shape[0],), self.post_norm_weight, None, LAYER_NORM_EPS)
         return (self.policy.action_from_features(x), *next_states)
 
 
 def _reset_slot(state: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Zero the state of slots whose `reset` is set (every mLSTM state starts at zero)."""
-    mask = keep.reshape(keep.shape[0], *([1] * (state.dim() - 1)))
-    return torch.where(mask, state, torch.zeros_like(state))
+    """Zero the state of slots whose `reset` is set (every mLSTM state starts at zero).
+
+    `keep` is float (1 keep, 0 reset): one Mul, no Shape/ConstantOfShape for a zeros tensor. States
+    are finite, so multiplying by zero is exact.
+    """
+    return state * keep.reshape(-1, *([1] * (state.dim() - 1)))

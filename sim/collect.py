@@ -44,7 +44,7 @@ def run_episode(env, expert, rng: np.random.Generator, noise: float, seed: int) 
     )
 
 
-def collect(cfg: CollectConfig, out: Path | None = None, progress: bool = True) -> Dataset:
+def collect(cfg: CollectConfig, out: Path | None = None, progress: bool = True, command: str | None = None) -> Dataset:
     import gymnasium as gym
     from tqdm import tqdm
 
@@ -52,6 +52,7 @@ def collect(cfg: CollectConfig, out: Path | None = None, progress: bool = True) 
     expert = make_expert(cfg.expert, env)
     rng = np.random.default_rng(cfg.seed)
     episodes = []
+    low, high = env.action_space.low, env.action_space.high  # read before close()
     bar = tqdm(range(cfg.episodes), desc=f"collect {cfg.env_id}", unit="ep", disable=not progress)
     for i in bar:
         episodes.append(run_episode(env, expert, rng, cfg.action_noise, seed=cfg.seed * 100_003 + i))
@@ -62,9 +63,12 @@ def collect(cfg: CollectConfig, out: Path | None = None, progress: bool = True) 
         "expert": cfg.expert,
         "action_noise": cfg.action_noise,
         "seed": cfg.seed,
+        "command": command,
         "episodes": len(episodes),
-        "action_low": env.action_space.low.tolist(),
-        "action_high": env.action_space.high.tolist(),
+        "action_low": low.tolist(),
+        "action_high": high.tolist(),
+        "control_dt": float(env.unwrapped.dt),
+        "returns": {"min": float(min(e.total_return for e in episodes)), "max": float(max(e.total_return for e in episodes))},
     }
     dataset = Dataset(episodes=episodes, meta=meta)
     if out is not None:

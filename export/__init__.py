@@ -1,0 +1,1 @@
+"""Export: PyTorch policy -> one ONNX step graph with explicit state, graph checks, parity, bundle."""

@@ -1,0 +1,136 @@
+"""Checkpoint -> bundle: step ONNX, graph checks, parity against ONNX Runtime, manifest with checksums.
+
+Nothing is written at the destination unless every check passes: the bundle is assembled in a
+temporary directory beside it and renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from policyrt.bundle import open_bundle, sha256_file, write_manifest
+
+from .graph_checks import check_step_graph
+from .parity import parity_document, record_reference
+from .step_onnx import CONTRACT_INPUTS, export_step_graph, state_table
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def library_versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for module in ("policyrt", "torch", "onnx", "onnxruntime", "xlstm", "numpy"):
+        try:
+            versions[module] = __import__(module).__version__
+        except Exception:  # noqa: BLE001 - a missing optional library is recorded as absent
+            versions[module] = None
+    return versions
+
+
+def export_bundle(checkpoint: Path, out: Path, name: str | None = None, command: str | None = None,
+                  tolerance: float = 1e-5, progress=print) -> Path:
+    import onnx
+
+    from policyrt.policies.checkpoint import load_checkpoint
+    from policyrt.policies.xlstm_step import XLSTMStep
+    from policyrt.runtime import make_backend
+    from policyrt.runtime.verify import compare, replay
+
+    checkpoint, out = Path(checkpoint), Path(out)
+    policy, doc = load_checkpoint(checkpoint)
+    config = policy.config
+    step = XLSTMStep(policy).eval()
+    name = name or out.name.removesuffix(".tar").removesuffix(".policy")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out.parent))
+    try:
+        progress(f"exporting step graph of {checkpoint} ...")
+        onnx_bytes = export_step_graph(step, config.obs_dim, config.act_dim, work / "policy.onnx")
+        graph = check_step_graph(onnx.load_from_string(onnx_bytes), [s.name for s in step.specs])
+        if not graph.ok:
+            raise ExportError("step graph breaks the contract:\n  " + "\n  ".join(graph.problems))
+        shutil.copytree(checkpoint, work / "reference", ignore=shutil.ignore_patterns("*.tmp*"))
+
+        progress("recording the reference rollout and replaying it on ONNX Runtime ...")
+        obs_mean = np.array(config.obs_mean or [0.0] * config.obs_dim)
+        obs_std = np.array(config.obs_std or [1.0] * config.obs_dim)
+        inputs, ref_actions, ref_states = record_reference(step, obs_mean, obs_std, config.act_dim, config.target_return)
+
+        dataset = doc.get("dataset", {})
+        control_dt = dataset.get("control_dt")
+        manifest = {
+            "name": name,
+            "policy": {"kind": config.kind, "config": config.to_dict()},
+            "obs_dim": config.obs_dim,
+            "act_dim": config.act_dim,
+            "obs_names": None,
+            "action_names": None,
+            "action_low": list(config.action_low),
+            "action_high": list(config.action_high),
+            "inputs": list(CONTRACT_INPUTS),
+            "state": state_table(step),
+            "target_return": config.target_return,
+            "return_scale": config.return_scale,
+            "control_rate_hz": round(1.0 / control_dt, 6) if control_dt else None,
+            "env_id": dataset.get("env_id"),
+            "graph": {"opset": 17, "nodes": graph.node_count, "ops": graph.op_histogram},
+            "provenance": {
+                "checkpoint": str(checkpoint),
+                "checkpoint_sha256": sha256_file(checkpoint / "model.safetensors"),
+                "commands": [*doc.get("commands", []), *([command] if command else [])],
+                "versions": library_versions(),
+                "created_unix": int(time.time()),
+            },
+        }
+        # Write a provisional manifest so the runtime can open the bundle for the parity replay.
+        (work / "parity.json").write_text("{}")
+        write_manifest(work, manifest)
+        backend = make_backend(open_bundle(work), "onnxruntime", inputs["obs"].shape[1])
+        state_errors = {s.name: 0.0 for s in step.specs}
+
+        def check_state(t, be):
+            current = be.state()
+            for key in state_errors:
+                state_errors[key] = max(state_errors[key], float(np.abs(current[key] - ref_states[t][key]).max()))
+
+        actions = replay(backend, inputs, on_step=check_state)
+        backend.close()
+        action_err = compare("action", actions, ref_actions, tolerance)
+        worst_state = max(state_errors, key=state_errors.get)
+        results = {
+            "onnxruntime": {
+                "action_max_abs": action_err.max_abs,
+                "action_max_rel": action_err.max_rel,
+                "state_max_abs": state_errors[worst_state],
+                "state_max_abs_by_tensor": state_errors,
+                "checked": "actions and every state tensor at every step",
+            }
+        }
+        progress(f"parity: action max abs {action_err.max_abs:.2e}, state max abs {state_errors[worst_state]:.2e} ({worst_state})")
+        if not action_err.ok() or state_errors[worst_state] > tolerance:
+            raise ExportError(
+                f"ONNX Runtime does not reproduce the PyTorch step form within {tolerance:g}: "
+                f"action {action_err.max_abs:.2e} (first over at step {action_err.first_step_over}), "
+                f"state {worst_state} {state_errors[worst_state]:.2e}; nothing was written to {out}"
+            )
+        doc_out = parity_document(inputs, ref_actions, ref_states[-1], tolerance, results)
+        (work / "parity.json").write_text(json.dumps(doc_out) + "\n")
+        manifest["parity"] = results
+        write_manifest(work, manifest)
+        if out.exists():
+            shutil.rmtree(out)
+        work.rename(out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    progress(f"wrote {out} ({sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 1e6:.1f} MB)")
+    return out

@@ -1,0 +1,74 @@
+"""Record the reference rollout that goes into `parity.json` and measure a backend against it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from policyrt.arrays import encode_array
+
+PARITY_STEPS = 256
+PARITY_BATCH = 2
+
+
+def reset_schedule(steps: int, batch: int) -> np.ndarray:
+    """Every slot starts at step 0; then each slot resets on its own, mid-rollout, at different steps."""
+    reset = np.zeros((steps, batch), bool)
+    reset[0] = True
+    for slot in range(batch):
+        reset[steps * (slot + 2) // (batch + 3), slot] = True
+    reset[(3 * steps) // 4] = True  # and once all together
+    return reset
+
+
+def record_reference(step, obs_mean, obs_std, act_dim: int, target_return: float, seed: int = 0,
+                     steps: int = PARITY_STEPS, batch: int = PARITY_BATCH):
+    """Run the PyTorch step module closed on itself (prev_action = its own last action).
+
+    Observations are a smooth random walk scaled like the training data, so the graph sees realistic
+    magnitudes. Returns (inputs dict [T, B, ...], actions [T, B, act], states per step list of dicts).
+    """
+    import torch
+
+    rng = np.random.default_rng(seed)
+    obs_dim = len(obs_mean)
+    reset = reset_schedule(steps, batch)
+    walk = np.zeros((batch, obs_dim))
+    inputs = {
+        "obs": np.zeros((steps, batch, obs_dim), np.float32),
+        "prev_action": np.zeros((steps, batch, act_dim), np.float32),
+        "reward": rng.uniform(0.0, 1.0, (steps, batch)).astype(np.float32),
+        "target_return": np.tile(np.float32(target_return) * np.linspace(1.0, 0.8, batch, dtype=np.float32), (steps, 1)),
+        "reset": reset,
+    }
+    actions = np.zeros((steps, batch, act_dim), np.float32)
+    states_per_step = []
+    state = step.initial_states(batch)
+    last = np.zeros((batch, act_dim), np.float32)
+    with torch.no_grad():
+        for t in range(steps):
+            walk = 0.9 * walk + 0.45 * rng.standard_normal(walk.shape)
+            inputs["obs"][t] = np.asarray(obs_mean) + np.asarray(obs_std) * walk
+            inputs["prev_action"][t] = np.where(reset[t][:, None], 0.0, last)
+            inputs["reward"][t] = np.where(reset[t], 0.0, inputs["reward"][t])
+            feeds = [torch.from_numpy(inputs[k][t]) for k in ("obs", "prev_action", "reward", "target_return", "reset")]
+            action, *state = step(*feeds, *state)
+            actions[t] = action.numpy()
+            last = actions[t]
+            states_per_step.append({s.name: v.numpy().copy() for s, v in zip(step.specs, state)})
+    return inputs, actions, states_per_step
+
+
+def parity_document(inputs, actions, final_state: dict, tolerance: float, results: dict) -> dict:
+    return {
+        "format": 1,
+        "steps": int(actions.shape[0]),
+        "batch": int(actions.shape[1]),
+        "tolerance": tolerance,
+        "inputs": {k: encode_array(v) for k, v in inputs.items()},
+        "reference": {
+            "backend": "torch",
+            "action": encode_array(actions),
+            "final_state": {k: encode_array(v) for k, v in final_state.items()},
+        },
+        "results": results,
+    }

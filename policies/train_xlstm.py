@@ -1,0 +1,153 @@
+"""Behaviour cloning of the xLSTM policy on expert sequences. Read top to bottom.
+
+Each training sample is a window of one episode; the token at t carries o_t, the action applied at t-1,
+the reward of t-1 and the return-to-go before t (the episode's own return, so the policy is
+return-conditioned). The label is the expert's clean action for o_t, even where the data was collected
+with noisy applied actions: the noise widens the states seen, the label stays good.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TrainXLSTMArgs:
+    data: Path
+    """Dataset directory written by `policyrt sim collect`."""
+    out: Path
+    """Checkpoint directory to write (config.json + model.safetensors)."""
+    steps: int = 1500
+    """Optimizer steps."""
+    batch_size: int = 16
+    """Windows per step."""
+    window: int = 128
+    """Timesteps per window (the parallel form's sequence length)."""
+    lr: float = 1e-3
+    """AdamW peak learning rate (cosine decay to 10%)."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    seed: int = 0
+    """Seeds torch and numpy: the same seed and data give the same weights."""
+    embedding_dim: int = 128
+    """Token and block width."""
+    num_blocks: int = 4
+    """mLSTM blocks in the stack."""
+    num_heads: int = 4
+    """Heads per mLSTM block."""
+    return_scale: float = 1000.0
+    """Return-to-go is divided by this in the token."""
+    save_every: int = 250
+    """Write the checkpoint every this many steps, so an interrupted run leaves a usable one."""
+
+
+def episode_arrays(dataset):
+    """Per episode: obs, prev_action, prev_reward, return-to-go, label — all aligned on t."""
+    out = []
+    for ep in dataset.episodes:
+        t_len = len(ep)
+        prev_action = np.zeros_like(ep.actions)
+        prev_action[1:] = ep.actions[:-1]
+        prev_reward = np.zeros(t_len, np.float32)
+        prev_reward[1:] = ep.rewards[:-1]
+        rtg = (ep.total_return - np.concatenate([[0.0], np.cumsum(ep.rewards)[:-1]])).astype(np.float32)
+        out.append((ep.observations, prev_action, prev_reward, rtg, ep.expert_actions))
+    return out
+
+
+def sample_batch(episodes, rng: np.random.Generator, batch: int, window: int):
+    cols = [[], [], [], [], []]
+    masks = []
+    for _ in range(batch):
+        arrays = episodes[rng.integers(len(episodes))]
+        t_len = len(arrays[0])
+        start = int(rng.integers(0, max(1, t_len - window + 1)))
+        stop = min(t_len, start + window)
+        pad = window - (stop - start)
+        for col, arr in zip(cols, arrays):
+            piece = arr[start:stop]
+            col.append(np.concatenate([piece, np.zeros((pad, *piece.shape[1:]), piece.dtype)]))
+        masks.append(np.concatenate([np.ones(stop - start, np.float32), np.zeros(pad, np.float32)]))
+    return [np.stack(c) for c in cols], np.stack(masks)
+
+
+def train(args: TrainXLSTMArgs, progress: bool = True, command: str | None = None) -> Path:
+    import torch
+    from tqdm import tqdm
+
+    from policyrt.sim.dataset import load_dataset
+
+    from .checkpoint import save_checkpoint
+    from .xlstm_config import XLSTMPolicyConfig
+    from .xlstm_policy import XLSTMPolicy
+
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    dataset = load_dataset(args.data)
+    all_obs = np.concatenate([e.observations for e in dataset.episodes])
+    low = dataset.meta.get("action_low")
+    high = dataset.meta.get("action_high")
+    if low is None or high is None:
+        raise ValueError(f"{args.data}/dataset.json: action_low/action_high missing; recollect the dataset")
+    config = XLSTMPolicyConfig(
+        obs_dim=dataset.obs_dim,
+        act_dim=dataset.act_dim,
+        action_low=tuple(low),
+        action_high=tuple(high),
+        obs_mean=tuple(float(v) for v in all_obs.mean(0)),
+        obs_std=tuple(float(v) for v in np.maximum(all_obs.std(0), 1e-3)),
+        embedding_dim=args.embedding_dim,
+        num_blocks=args.num_blocks,
+        num_heads=args.num_heads,
+        context_length=args.window,
+        return_scale=args.return_scale,
+        target_return=float(dataset.returns().max()),
+    )
+    policy = XLSTMPolicy(config)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(s, args.steps) / args.steps))
+    )
+    episodes = episode_arrays(dataset)
+    half_range = torch.tensor((np.array(high) - np.array(low)) / 2, dtype=torch.float32)
+    meta = {
+        "trained_with": {k: str(v) for k, v in vars(args).items()},
+        "dataset": dataset.meta,
+        # collect -> train: the commands that reproduce these weights, in order.
+        "commands": [c for c in (dataset.meta.get("command"), command) if c],
+    }
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(policy, args.out, extra={**meta, "train_steps_done": step})
+
+    bar = tqdm(range(args.steps), desc="train xlstm", unit="step", disable=not progress)
+    step, started = 0, time.monotonic()
+    try:
+        for step in bar:
+            (obs, prev_a, prev_r, rtg, label), mask = sample_batch(episodes, rng, args.batch_size, args.window)
+            pred = policy(*(torch.from_numpy(a) for a in (obs, prev_a, prev_r, rtg)))
+            err = ((pred - torch.from_numpy(label)) / half_range) ** 2
+            mask_t = torch.from_numpy(mask).unsqueeze(-1)
+            loss = (err * mask_t).sum() / (mask_t.sum() * err.shape[-1])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            bar.set_postfix(loss=f"{loss.item():.2e}")
+            if (step + 1) % args.save_every == 0:
+                checkpoint(step + 1)
+        step = args.steps
+    except KeyboardInterrupt:
+        print(f"\ninterrupted at step {step}: saving the weights reached so far to {args.out}")
+    checkpoint(step)
+    print(f"trained {step} steps in {time.monotonic() - started:.0f} s -> {args.out}")
+    return Path(args.out)
+
+
+def args_with(args: TrainXLSTMArgs, **changes) -> TrainXLSTMArgs:
+    return replace(args, **changes)

@@ -1,0 +1,42 @@
+"""The backend interface every runtime backend implements (ONNX Runtime, PyTorch reference, TensorRT).
+
+A backend owns the graph's inputs and state buffers for a fixed batch. The Session writes the host
+inputs into `inputs` (preallocated numpy arrays, keyed by the contract's input names), calls
+`run()`, and reads `action`. State never leaves the backend: it swaps its own buffers each tick.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from policyrt.bundle import Bundle
+
+
+class Backend(ABC):
+    name: str = "?"
+
+    def __init__(self, bundle: Bundle, batch_size: int):
+        m = bundle.manifest
+        self.bundle = bundle
+        self.batch_size = batch_size
+        self.inputs = {
+            "obs": np.zeros((batch_size, m.obs_dim), np.float32),
+            "prev_action": np.zeros((batch_size, m.act_dim), np.float32),
+            "reward": np.zeros(batch_size, np.float32),
+            "target_return": np.full(batch_size, m.target_return, np.float32),
+            "reset": np.ones(batch_size, bool),
+        }
+        self.action = np.zeros((batch_size, m.act_dim), np.float32)
+
+    @abstractmethod
+    def run(self) -> None:
+        """One step: read `inputs` and the current state, write `action`, advance the state."""
+
+    @abstractmethod
+    def state(self) -> dict[str, np.ndarray]:
+        """The current state tensors by manifest name (copies; for verify and debugging, not the hot path)."""
+
+    def close(self) -> None:
+        """Release native resources; the backend is unusable afterwards."""

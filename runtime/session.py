@@ -1,0 +1,94 @@
+"""Session: step a bundle on a backend, B slots at once, each slot resetting on its own."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from policyrt.bundle import Bundle, Manifest
+
+from .backend import Backend
+
+
+class Session:
+    """`step(obs, reward, prev_action)` -> action; recurrent state stays inside the backend.
+
+    obs is [obs_dim] (batch 1) or [B, obs_dim]. `prev_action` defaults to the last action this session
+    returned; a controller whose safety chain changed the action passes what it actually applied.
+    """
+
+    def __init__(self, bundle: Bundle, backend: Backend):
+        self.bundle = bundle
+        self.backend = backend
+        self.manifest: Manifest = bundle.manifest
+        self.batch_size = backend.batch_size
+        self._inputs = backend.inputs
+        self._last_action = np.zeros_like(backend.action)
+        self.steps = 0
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    def reset(self, mask=None) -> None:
+        """Start a new episode in every slot (mask=None) or in the slots where `mask` is True."""
+        if mask is None:
+            self._inputs["reset"][:] = True
+            self._last_action[:] = 0.0
+            return
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (self.batch_size,):
+            raise ValueError(f"reset mask must have shape ({self.batch_size},), got {mask.shape}")
+        self._inputs["reset"] |= mask
+        self._last_action[mask] = 0.0
+
+    def set_target_return(self, value, mask=None) -> None:
+        """Commanded return for return-conditioned policies; read when a slot next resets."""
+        target = self._inputs["target_return"]
+        if mask is None:
+            target[:] = value
+        else:
+            target[np.asarray(mask, dtype=bool)] = value
+
+    def step(self, obs, reward=0.0, prev_action=None, out: np.ndarray | None = None) -> np.ndarray:
+        single = self._write("obs", obs, self.manifest.obs_dim)
+        self._inputs["reward"][:] = reward
+        if prev_action is None:
+            np.copyto(self._inputs["prev_action"], self._last_action)
+        else:
+            self._write("prev_action", prev_action, self.manifest.act_dim)
+        self.backend.run()
+        self._inputs["reset"][:] = False
+        action = self.backend.action
+        np.copyto(self._last_action, action)
+        self.steps += 1
+        result = action[0] if single else action
+        if out is None:
+            return result.copy()
+        np.copyto(out, result)
+        return out
+
+    def _write(self, name: str, value, dim: int) -> bool:
+        """Copy a host array into the bound input buffer; True if it came without a batch dimension."""
+        value = np.asarray(value)
+        if value.dtype.kind != "f":
+            raise ValueError(f"{name} must be a float array, got dtype {value.dtype}")
+        if value.shape == (dim,) and self.batch_size == 1:
+            self._inputs[name][0] = value
+            return True
+        if value.shape != (self.batch_size, dim):
+            expected = f"({dim},) or ({self.batch_size}, {dim})" if self.batch_size == 1 else f"({self.batch_size}, {dim})"
+            raise ValueError(f"{name} has shape {value.shape}, expected {expected}")
+        np.copyto(self._inputs[name], value, casting="same_kind")
+        return False
+
+    def state(self) -> dict[str, np.ndarray]:
+        return self.backend.state()
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,47 @@
+"""PyTorch reference backend: the original step module from the bundle's `reference/` checkpoint.
+
+It is the ground truth `parity.json` was recorded against, behind the same interface as the
+deployment backends, so `verify` and `bench` compare like with like. torch is imported here only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from policyrt.bundle import Bundle, BundleError
+
+from .backend import Backend
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, bundle: Bundle, batch_size: int, threads: int = 1):
+        super().__init__(bundle, batch_size)
+        try:
+            import torch
+        except ImportError as err:
+            raise ImportError("backend 'torch' needs PyTorch: pip install 'policyrt[export]'") from err
+        from policyrt.policies.checkpoint import load_checkpoint
+        from policyrt.policies.xlstm_step import XLSTMStep
+
+        reference = bundle.path / "reference"
+        if not (reference / "config.json").is_file():
+            raise BundleError(f"{reference}: this bundle carries no PyTorch reference checkpoint")
+        torch.set_num_threads(threads)
+        policy, _ = load_checkpoint(reference)
+        self._torch = torch
+        self.step_module = XLSTMStep(policy).eval()
+        self._inputs_t = {k: torch.from_numpy(v) for k, v in self.inputs.items()}  # shares memory
+        self._state = self.step_module.initial_states(batch_size)
+
+    def run(self) -> None:
+        t = self._inputs_t
+        with self._torch.inference_mode():
+            action, *self._state = self.step_module(
+                t["obs"], t["prev_action"], t["reward"], t["target_return"], t["reset"], *self._state
+            )
+        np.copyto(self.action, action.numpy())
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {s.name: t.numpy().copy() for s, t in zip(self.step_module.specs, self._state)}

@@ -1,0 +1,118 @@
+"""Replay a bundle's `parity.json` on a backend and compare with the recorded reference outputs.
+
+This is what a board runs before the robot may move: the recorded inputs (with resets in the middle)
+go through the backend step by step; every action and the final state are compared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from policyrt.arrays import decode_array
+from policyrt.bundle import Bundle
+
+DEFAULT_TOLERANCE = 1e-5  # fp32 max abs
+
+
+@dataclass
+class OutputError:
+    name: str
+    max_abs: float
+    max_rel: float
+    first_step_over: int | None  # first step where |error| > tolerance; None if never
+
+    def ok(self) -> bool:
+        return self.first_step_over is None
+
+
+@dataclass
+class VerifyReport:
+    backend: str
+    steps: int
+    batch: int
+    tolerance: float
+    outputs: list[OutputError] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(o.ok() for o in self.outputs)
+
+    def to_dict(self) -> dict:
+        return {
+            "backend": self.backend,
+            "steps": self.steps,
+            "batch": self.batch,
+            "tolerance": self.tolerance,
+            "ok": self.ok,
+            "outputs": {
+                o.name: {"max_abs": o.max_abs, "max_rel": o.max_rel, "first_step_over": o.first_step_over}
+                for o in self.outputs
+            },
+        }
+
+    def table(self) -> str:
+        lines = [f"verify on {self.backend}: {self.steps} steps x {self.batch} slots, tolerance {self.tolerance:g}"]
+        for o in self.outputs:
+            where = "ok" if o.ok() else f"FAIL from step {o.first_step_over}"
+            lines.append(f"  {o.name:<24} max abs {o.max_abs:.2e}  max rel {o.max_rel:.2e}  {where}")
+        lines.append("PASS" if self.ok else "FAIL: this backend does not reproduce the reference policy")
+        return "\n".join(lines)
+
+
+def parity_inputs(parity: dict) -> dict[str, np.ndarray]:
+    return {name: decode_array(doc) for name, doc in parity["inputs"].items()}
+
+
+def replay(backend, inputs: dict[str, np.ndarray], on_step=None) -> np.ndarray:
+    """Feed recorded inputs [T, B, ...] through `backend`; returns actions [T, B, act_dim]."""
+    steps = inputs["obs"].shape[0]
+    actions = np.zeros((steps, *backend.action.shape), np.float32)
+    for t in range(steps):
+        for name, series in inputs.items():
+            np.copyto(backend.inputs[name], series[t])
+        backend.run()
+        actions[t] = backend.action
+        if on_step is not None:
+            on_step(t, backend)
+    return actions
+
+
+def compare(name: str, got: np.ndarray, want: np.ndarray, tolerance: float) -> OutputError:
+    """Errors of a [T, ...] series (or a single tensor, T = 1) against the reference."""
+    got = np.asarray(got, np.float64)
+    want = np.asarray(want, np.float64)
+    if got.shape != want.shape:
+        raise ValueError(f"{name}: shape {got.shape} differs from the reference {want.shape}")
+    err = np.abs(got - want)
+    rel = err / np.maximum(np.abs(want), 1e-6)
+    per_step = err.reshape(err.shape[0], -1).max(axis=1) if err.ndim > 1 else err
+    over = np.flatnonzero(~(per_step <= tolerance))  # NaN counts as over
+    return OutputError(
+        name=name,
+        max_abs=float(np.nan_to_num(err, nan=np.inf).max(initial=0.0)),
+        max_rel=float(np.nan_to_num(rel, nan=np.inf).max(initial=0.0)),
+        first_step_over=int(over[0]) if over.size else None,
+    )
+
+
+def verify_backend(bundle: Bundle, backend_name: str = "onnxruntime", tolerance: float | None = None) -> VerifyReport:
+    from . import make_backend
+
+    parity = bundle.parity()
+    inputs = parity_inputs(parity)
+    steps, batch = inputs["obs"].shape[:2]
+    tol = float(tolerance if tolerance is not None else parity.get("tolerance", DEFAULT_TOLERANCE))
+    backend = make_backend(bundle, backend_name, batch)
+    try:
+        actions = replay(backend, inputs)
+        final = backend.state()
+    finally:
+        backend.close()
+    reference = parity["reference"]
+    report = VerifyReport(backend=backend.name, steps=steps, batch=batch, tolerance=tol)
+    report.outputs.append(compare("action", actions, decode_array(reference["action"]), tol))
+    for name, doc in reference["final_state"].items():
+        report.outputs.append(compare(f"state.{name} (final)", final[name][None], decode_array(doc)[None], tol))
+    return report
