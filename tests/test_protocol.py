@@ -1,0 +1,366 @@
+"""Wire protocol: round trips, one test per rejection kind, fuzzing, and the examples in
+docs/PROTOCOL.md decoded byte for byte."""
+
+from __future__ import annotations
+
+import logging
+import re
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policyrt.protocol import (
+    HEADER,
+    HEADER_SIZE,
+    MAGIC,
+    VERSION,
+    ActFlag,
+    Encoder,
+    ErrorTally,
+    MsgType,
+    ObsFlag,
+    ProtocolError,
+    Spec,
+    decode,
+    stream_endpoint,
+)
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md"
+
+
+def frame(mtype, payload=b"", *, flags=0, plen=None, magic=MAGIC, version=VERSION, seq=1, ack=0) -> bytes:
+    """A hand-built frame, so malformed ones can be made field by field."""
+    plen = len(payload) if plen is None else plen
+    return HEADER.pack(magic, version, int(mtype), flags, seq, ack, 123, 0, 0, plen, 0) + payload
+
+
+def floats(*values) -> bytes:
+    return np.array(values, "<f4").tobytes()
+
+
+def pendulum_spec(**kw) -> Spec:
+    base = dict(
+        obs_dim=4,
+        act_dim=1,
+        control_rate_hz=25.0,
+        action_low=np.array([-3.0], np.float32),
+        action_high=np.array([3.0], np.float32),
+        robot="InvertedPendulum-v5",
+        obs_names=("x", "theta", "dx", "dtheta"),
+        act_names=("slider",),
+    )
+    base.update(kw)
+    return Spec(**base)
+
+
+# --- round trips -------------------------------------------------------------------------------
+
+
+def test_obs_round_trip_keeps_every_field():
+    enc = Encoder(obs_dim=4)
+    buf = enc.obs(np.array([0.1, -0.2, 0.3, -0.4]), 1.0, flags=ObsFlag.RESET, episode=3, step=0)
+    msg = decode(bytes(buf), obs_dim=4)
+    assert msg.type is MsgType.OBS
+    assert msg.flags == ObsFlag.RESET and msg.seq == 1 and msg.ack == 0
+    assert (msg.episode, msg.step) == (3, 0)
+    np.testing.assert_array_equal(msg.obs, np.array([0.1, -0.2, 0.3, -0.4], np.float32))
+    assert msg.reward == 1.0
+    assert msg.timestamp_ns > 0
+
+
+def test_act_round_trip_carries_the_answered_seq_and_flags():
+    enc = Encoder(act_dim=2)
+    buf = enc.act([0.5, -1.0], ack=41, flags=ActFlag.FALLBACK | ActFlag.ESTOP, episode=1, step=9)
+    msg = decode(buf, act_dim=2)
+    assert msg.type is MsgType.ACT and msg.ack == 41 and (msg.episode, msg.step) == (1, 9)
+    assert msg.flags == ActFlag.FALLBACK | ActFlag.ESTOP
+    np.testing.assert_array_equal(msg.values, [0.5, -1.0])
+
+
+def test_spec_round_trip_with_names_and_infinite_bounds():
+    spec = pendulum_spec(action_low=np.array([-np.inf], np.float32), extra={"firmware": "1.2"})
+    msg = decode(Encoder().spec(spec, ack=1))
+    got = msg.spec
+    assert msg.type is MsgType.SPEC and msg.ack == 1
+    assert (got.obs_dim, got.act_dim, got.control_rate_hz) == (4, 1, 25.0)
+    assert got.action_low[0] == -np.inf and got.action_high[0] == 3.0
+    assert got.robot == "InvertedPendulum-v5"
+    assert got.obs_names == ("x", "theta", "dx", "dtheta") and got.act_names == ("slider",)
+    assert got.extra == {"firmware": "1.2"}
+
+
+def test_spec_without_rate_or_bounds_means_none_and_unbounded():
+    got = decode(Encoder().spec(Spec(obs_dim=3, act_dim=2))).spec
+    assert got.control_rate_hz is None
+    low, high = got.bounds()
+    assert np.all(np.isneginf(low)) and np.all(np.isposinf(high))
+
+
+def test_spec_text_may_be_empty():
+    payload = floats(4, 1, 0, -1, 1)
+    assert decode(frame(MsgType.SPEC, payload)).spec.robot == ""
+
+
+@pytest.mark.parametrize(
+    "mtype", [MsgType.HELLO, MsgType.ESTOP, MsgType.CLEAR, MsgType.HEARTBEAT, MsgType.BYE]
+)
+def test_control_messages_round_trip_empty(mtype):
+    msg = decode(Encoder().control(mtype, ack=5))
+    assert msg.type is mtype and msg.ack == 5 and msg.values.size == 0
+
+
+def test_control_refuses_types_with_payloads():
+    with pytest.raises(ValueError):
+        Encoder().control(MsgType.OBS)
+
+
+def test_sequence_numbers_count_up_and_wrap_past_zero():
+    enc = Encoder(act_dim=1)
+    assert [decode(enc.act([0.0], ack=0)).seq for _ in range(3)] == [1, 2, 3]
+    enc._seq = 2**32 - 2
+    assert [decode(enc.act([0.0], ack=0)).seq for _ in range(3)] == [2**32 - 1, 1, 2]
+
+
+def test_encoder_reuses_its_buffer_and_decoding_a_copy_is_stable():
+    enc = Encoder(act_dim=1)
+    first = enc.act([1.0], ack=1)
+    kept = bytes(first)
+    second = enc.act([2.0], ack=2)
+    assert first is second  # preallocated: no new buffer per message
+    assert decode(kept).values[0] == 1.0
+
+
+def test_decode_accepts_memoryview_slices_of_a_larger_buffer():
+    data = bytes(Encoder(obs_dim=2).obs([1.0, 2.0], 0.5))
+    big = bytearray(1024)
+    big[: len(data)] = data
+    msg = decode(memoryview(big)[: len(data)], obs_dim=2)
+    np.testing.assert_array_equal(msg.values, [1.0, 2.0, 0.5])
+
+
+# --- every rejection kind ----------------------------------------------------------------------
+
+
+def kind_of(data, **dims) -> str:
+    with pytest.raises(ProtocolError) as info:
+        decode(data, **dims)
+    return info.value.kind
+
+
+def test_shorter_than_header_is_truncated():
+    assert kind_of(b"") == "truncated"
+    assert kind_of(frame(MsgType.HELLO)[: HEADER_SIZE - 1]) == "truncated"
+
+
+def test_payload_shorter_than_announced_is_truncated():
+    good = bytes(Encoder(obs_dim=4).obs(np.zeros(4), 0.0))
+    assert kind_of(good[:-1], obs_dim=4) == "truncated"
+
+
+def test_bad_magic():
+    assert kind_of(frame(MsgType.HELLO, magic=b"PLRX")) == "magic"
+
+
+def test_wrong_version():
+    assert kind_of(frame(MsgType.HELLO, version=VERSION + 1)) == "version"
+
+
+@pytest.mark.parametrize("code", [0, 9, 255])
+def test_unknown_type(code):
+    assert kind_of(frame(code)) == "type"
+
+
+def test_undefined_flag_bits():
+    assert kind_of(frame(MsgType.OBS, floats(0, 0), flags=0x0008)) == "flags"
+    assert kind_of(frame(MsgType.ACT, floats(0), flags=0x0004)) == "flags"
+    assert kind_of(frame(MsgType.HELLO, flags=ObsFlag.RESET)) == "flags"
+
+
+def test_more_bytes_than_announced_is_wrong_length():
+    assert kind_of(frame(MsgType.ACT, floats(1.0), plen=0)) == "length"
+    assert kind_of(bytes(Encoder(act_dim=1).act([1.0], ack=1)) + b"\0") == "length"
+
+
+def test_payload_on_an_empty_type_is_wrong_length():
+    assert kind_of(frame(MsgType.HEARTBEAT, b"\0\0\0\0")) == "length"
+
+
+def test_partial_float_is_wrong_length():
+    assert kind_of(frame(MsgType.ACT, b"\0\0\0")) == "length"
+    assert kind_of(frame(MsgType.OBS, b"")) == "length"  # not even the reward
+
+
+def test_obs_and_act_sizes_are_checked_against_the_spec():
+    obs = bytes(Encoder(obs_dim=3).obs(np.zeros(3), 0.0))
+    assert kind_of(obs, obs_dim=4) == "dims"
+    assert decode(obs).values.size == 4  # without a SPEC any size is fine
+    act = bytes(Encoder(act_dim=2).act([0.0, 0.0], ack=1))
+    assert kind_of(act, act_dim=1) == "dims"
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_values_are_rejected(bad):
+    assert kind_of(frame(MsgType.OBS, floats(0, bad, 0, 0, 1.0)), obs_dim=4) == "nonfinite"
+    assert kind_of(frame(MsgType.OBS, floats(0, 0, 0, 0, bad)), obs_dim=4) == "nonfinite"  # reward
+    assert kind_of(frame(MsgType.ACT, floats(bad)), act_dim=1) == "nonfinite"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        floats(4),  # no room for act_dim and rate
+        floats(0, 1, 0, -1, 1),  # obs_dim 0
+        floats(4.5, 1, 0, -1, 1),  # fractional dim
+        floats(4, np.nan, 0, -1, 1),
+        floats(4, 1, -5, -1, 1),  # negative rate
+        floats(4, 1, np.inf, -1, 1),
+        floats(4, 2, 0, -1, 1),  # bounds for act_dim 2 missing
+        floats(4, 1, 0, 1, -1),  # low > high
+        floats(4, 1, 0, np.nan, 1),
+        floats(4, 1, 0, -1, 1) + b"\xff\xfe",  # not UTF-8
+        floats(4, 1, 0, -1, 1) + b"{not json",
+        floats(4, 1, 0, -1, 1) + b"[1, 2]",  # not an object
+        floats(4, 1, 0, -1, 1) + b'{"act_names": ["a", "b"]}',  # wrong count
+        floats(4, 1, 0, -1, 1) + b'{"obs_names": "xyz"}',
+        floats(4, 1, 0, -1, 1) + b'{"robot": 7}',
+    ],
+)
+def test_invalid_spec_content(payload):
+    assert kind_of(frame(MsgType.SPEC, payload)) == "spec"
+
+
+def test_error_carries_kind_and_detail_and_refuses_unknown_kinds():
+    err = ProtocolError("dims", "ACT holds 2 values")
+    assert (err.kind, err.detail) == ("dims", "ACT holds 2 values") and "dims" in str(err)
+    with pytest.raises(AssertionError):
+        ProtocolError("oops", "")
+
+
+# --- fuzzing -----------------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_random_bytes_raise_only_protocol_errors(data):
+    try:
+        decode(data, obs_dim=4, act_dim=1)
+    except ProtocolError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=120), st.sampled_from(list(MsgType)))
+def test_random_payloads_behind_a_valid_header_raise_only_protocol_errors(payload, mtype):
+    try:
+        decode(frame(mtype, payload), obs_dim=4, act_dim=1)
+    except ProtocolError:
+        pass
+
+
+finite32 = st.floats(allow_nan=False, allow_infinity=False, width=32)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(finite32, min_size=1, max_size=32),
+    finite32,
+    st.integers(0, 7),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**32 - 1),
+)
+def test_any_valid_obs_round_trips(obs, reward, flags, episode, step):
+    enc = Encoder(obs_dim=len(obs))
+    msg = decode(enc.obs(obs, reward, flags=flags, episode=episode, step=step), obs_dim=len(obs))
+    np.testing.assert_array_equal(msg.obs, np.array(obs, np.float32))
+    assert msg.reward == np.float32(reward)
+    assert (msg.flags, msg.episode, msg.step) == (flags, episode, step)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(finite32, min_size=1, max_size=8), st.integers(0, 2**32 - 1), st.integers(0, 1000), st.data())
+def test_single_byte_corruption_never_escapes_as_another_exception(action, ack, position, data):
+    good = bytearray(Encoder(act_dim=len(action)).act(action, ack=ack))
+    i = position % len(good)
+    good[i] = data.draw(st.integers(0, 255))
+    try:
+        decode(bytes(good), act_dim=len(action))
+    except ProtocolError:
+        pass
+
+
+# --- the document's examples -------------------------------------------------------------------
+
+
+def doc_examples() -> list[bytes]:
+    blocks = re.findall(r"```hexdump\n(.*?)```", DOC.read_text(), re.S)
+    return [bytes.fromhex("".join(line[6:] for line in block.splitlines())) for block in blocks]
+
+
+def test_protocol_md_examples_decode_as_documented():
+    act, obs = doc_examples()
+    msg = decode(act, act_dim=2)
+    assert (msg.type, msg.flags, msg.seq, msg.ack, msg.timestamp_ns) == (MsgType.ACT, 0, 7, 6, 1_000_000_000)
+    assert (msg.episode, msg.step) == (2, 5)
+    np.testing.assert_array_equal(msg.values, [0.5, -1.0])
+    msg = decode(obs, obs_dim=2)
+    assert (msg.type, msg.flags, msg.seq, msg.ack, msg.timestamp_ns) == (
+        MsgType.OBS,
+        ObsFlag.RESET,
+        1,
+        0,
+        2_000_000_000,
+    )
+    np.testing.assert_array_equal(msg.obs, [0.25, -0.5])
+    assert msg.reward == 0.0
+
+
+def test_protocol_md_examples_match_the_encoder_apart_from_the_clock():
+    act, obs = doc_examples()
+    enc = Encoder(obs_dim=2, act_dim=2)
+    enc._seq = 6
+    ours = bytearray(enc.act([0.5, -1.0], ack=6, episode=2, step=5))
+    struct.pack_into("<Q", ours, 16, 1_000_000_000)
+    assert bytes(ours) == act
+    enc._seq = 0
+    ours = bytearray(enc.obs([0.25, -0.5], 0.0, flags=ObsFlag.RESET))
+    struct.pack_into("<Q", ours, 16, 2_000_000_000)
+    assert bytes(ours) == obs
+
+
+def test_header_layout_is_the_documented_one():
+    assert HEADER.format == "<4sBBHIIQIIII" and HEADER_SIZE == 40 and MAGIC == b"PLRT"
+
+
+# --- endpoints and the error tally -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "given_ep, derived",
+    [
+        ("tcp://127.0.0.1:5555", "tcp://127.0.0.1:5556"),
+        ("tcp://*:7000", "tcp://*:7001"),
+        ("ipc:///tmp/robot.sock", "ipc:///tmp/robot.sock.stream"),
+    ],
+)
+def test_stream_endpoint_is_derived_deterministically(given_ep, derived):
+    assert stream_endpoint(given_ep) == derived
+
+
+@pytest.mark.parametrize("bad", ["tcp://127.0.0.1", "tcp://host:65535", "udp://x:1", "tcp://h:port"])
+def test_stream_endpoint_refuses_what_it_cannot_derive(bad):
+    with pytest.raises(ValueError):
+        stream_endpoint(bad)
+
+
+def test_error_tally_counts_every_error_and_logs_each_kind_once(caplog):
+    tally = ErrorTally(logging.getLogger("test.tally"), "tester")
+    with caplog.at_level(logging.WARNING, "test.tally"):
+        for _ in range(5):
+            tally.add(ProtocolError("magic", "bad"))
+        tally.add(ProtocolError("dims", "bad"))
+    assert tally.counts == {"magic": 5, "dims": 1} and tally.total == 6
+    assert len(caplog.records) == 2
