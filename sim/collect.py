@@ -21,7 +21,7 @@ class CollectConfig:
     seed: int = 0
 
 
-def run_episode(env, expert, rng: np.random.Generator, noise: float, seed: int) -> Episode:
+def run_episode(env, expert, rng: np.random.Generator, noise: float, seed: int | None) -> Episode:
     obs, _ = env.reset(seed=seed)
     low, high = env.action_space.low, env.action_space.high
     rows: dict[str, list] = {k: [] for k in ("o", "a", "e", "r", "term", "trunc")}

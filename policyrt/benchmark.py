@@ -1,0 +1,131 @@
+"""Step-latency benchmark: this project's session against the baselines, in one run, same weights.
+
+(a) the Session on ONNX Runtime (I/O binding, ping-pong state), (b) the xlstm package's eager
+`xLSTMBlockStack.step` wrapped with the policy's embedding and head, (c) the PyTorch reference backend
+behind the Session. Results are percentiles over many calls and ratios against (b); never thresholds.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+
+import numpy as np
+
+
+def time_calls(fn, steps: int, warmup: int) -> np.ndarray:
+    """Microseconds per call; the garbage collector is frozen as it is in the control loop."""
+    durations = np.empty(steps, np.float64)
+    for _ in range(warmup):
+        fn()
+    gc.collect()
+    gc.disable()
+    try:
+        clock = time.perf_counter_ns
+        for i in range(steps):
+            start = clock()
+            fn()
+            durations[i] = clock() - start
+    finally:
+        gc.enable()
+    return durations / 1e3
+
+
+def summarize(us: np.ndarray) -> dict:
+    return {
+        "p50_us": float(np.percentile(us, 50)),
+        "p90_us": float(np.percentile(us, 90)),
+        "p99_us": float(np.percentile(us, 99)),
+        "mean_us": float(us.mean()),
+        "samples": int(us.size),
+    }
+
+
+def session_stepper(bundle_path, backend: str):
+    from policyrt.runtime import load
+
+    session = load(bundle_path, backend=backend)
+    rng = np.random.default_rng(0)
+    obs = rng.standard_normal(session.manifest.obs_dim).astype(np.float32)
+    out = np.zeros(session.manifest.act_dim, np.float32)
+    session.reset()
+
+    def step():
+        session.step(obs, 1.0, out=out)
+
+    return step, session
+
+
+def eager_xlstm_stepper(bundle_path):
+    """The xlstm package's own recurrent step with the bundle's reference weights."""
+    import torch
+
+    from policyrt.policies.checkpoint import load_checkpoint
+
+    torch.set_num_threads(1)
+    policy, _ = load_checkpoint(bundle_path / "reference")
+    cfg = policy.config
+    obs = torch.randn(1, cfg.obs_dim)
+    prev = torch.zeros(1, cfg.act_dim)
+    reward = torch.ones(1)
+    rtg = torch.full((1,), cfg.target_return)
+    state = {"value": None}
+
+    def step():
+        with torch.inference_mode():
+            x = policy.tokens(obs, prev, reward, rtg).unsqueeze(1)
+            y, state["value"] = policy.backbone.step(x, state["value"])
+            policy.action_from_features(y[:, 0])
+
+    return step
+
+
+def run_step_benchmark(bundle_path, steps: int = 5000, warmup: int = 300, progress=print) -> dict:
+    from pathlib import Path
+
+    from policyrt.bundle import open_bundle
+
+    bundle_path = Path(bundle_path)
+    manifest = open_bundle(bundle_path).manifest
+    results: dict[str, dict] = {}
+    progress(f"(a) session / onnxruntime, {steps} steps ...")
+    step, session = session_stepper(bundle_path, "onnxruntime")
+    results["session_onnxruntime"] = summarize(time_calls(step, steps, warmup))
+    session.close()
+    progress(f"(b) xlstm package eager xLSTMBlockStack.step, {steps} steps ...")
+    results["xlstm_eager_step"] = summarize(time_calls(eager_xlstm_stepper(bundle_path), steps, warmup))
+    progress(f"(c) session / torch reference backend, {steps} steps ...")
+    step, session = session_stepper(bundle_path, "torch")
+    results["session_torch_reference"] = summarize(time_calls(step, steps, warmup))
+    session.close()
+    base = results["xlstm_eager_step"]["p50_us"]
+    for entry in results.values():
+        entry["speedup_vs_xlstm_eager_p50"] = base / entry["p50_us"]
+    cfg = manifest.raw["policy"]["config"]
+    return {
+        "bundle": manifest.name,
+        "model": {k: cfg.get(k) for k in ("num_blocks", "embedding_dim", "num_heads", "slstm_at")},
+        "graph_nodes": manifest.raw.get("graph", {}).get("nodes"),
+        "batch": 1,
+        "steps": steps,
+        "results": results,
+    }
+
+
+def format_step_benchmark(report: dict) -> str:
+    lines = [
+        f"step latency, batch 1, {report['steps']} steps: {report['bundle']} {report['model']}, "
+        f"{report['graph_nodes']} graph nodes",
+        f"{'':<26}{'p50 us':>9}{'p90 us':>9}{'p99 us':>9}{'x vs eager':>12}",
+    ]
+    for name, r in report["results"].items():
+        lines.append(f"{name:<26}{r['p50_us']:>9.1f}{r['p90_us']:>9.1f}{r['p99_us']:>9.1f}{r['speedup_vs_xlstm_eager_p50']:>11.2f}x")
+    return "\n".join(lines)
+
+
+def loop_overhead(server: dict, controller: dict) -> dict:
+    """Round trip seen by the robot (OBS sent -> ACT decoded) minus the controller's inference time."""
+    answer = server["timing"]["answer"]["p50_us"]
+    infer = controller["timing"]["infer"]["p50_us"]
+    return {"answer_p50_us": answer, "infer_p50_us": infer, "overhead_p50_us": answer - infer,
+            "answer_p99_us": server["timing"]["answer"]["p99_us"]}

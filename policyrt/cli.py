@@ -1,0 +1,51 @@
+"""The `policyrt` command: one entry point, one module per subcommand under policyrt/commands/."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .commands import bench, collect, demo, export, info, run, sim_serve, train, verify
+
+DESCRIPTION = """\
+policyrt deploys sequence-model robot policies (xLSTM, Decision Transformer): train or import a
+policy, export it to a parity-checked bundle, step it on ONNX Runtime / PyTorch, and run it as a
+ZeroMQ controller against a MuJoCo stand-in robot or a real one."""
+
+EPILOG = """\
+the whole path:
+  policyrt sim collect --env InvertedPendulum-v5 --expert lqr --episodes 40 --action-noise 0.5 --out data/pendulum
+  policyrt train xlstm --data data/pendulum --out checkpoints/pendulum-xlstm
+  policyrt export checkpoints/pendulum-xlstm --out bundles/inverted-pendulum-xlstm.policy
+  policyrt verify bundles/inverted-pendulum-xlstm.policy
+  policyrt demo
+
+each subcommand has its own --help."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="policyrt", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"policyrt {__import__('policyrt').__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sim = commands.add_parser("sim", help="MuJoCo stand-in robot: collect data, serve the wire protocol",
+                              description="Simulation side: a stand-in robot for data collection and closed-loop tests.")
+    sim_commands = sim.add_subparsers(dest="sim_command", required=True, metavar="SIM_COMMAND")
+    collect.add_parser(sim_commands)
+    sim_serve.add_parser(sim_commands)
+    for module in (train, export, info, verify, run, bench, demo):
+        module.add_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
