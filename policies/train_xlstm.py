@@ -41,6 +41,9 @@ class TrainXLSTMArgs:
     """Heads per mLSTM block."""
     return_scale: float = 1000.0
     """Return-to-go is divided by this in the token."""
+    threads: int = 1
+    """Torch intra-op threads. One is steady on a shared 2-core machine: more threads spin-wait and
+    slow down badly as soon as another process competes for the cores."""
     save_every: int = 250
     """Write the checkpoint every this many steps, so an interrupted run leaves a usable one."""
 
@@ -86,6 +89,7 @@ def train(args: TrainXLSTMArgs, progress: bool = True, command: str | None = Non
     from .xlstm_policy import XLSTMPolicy
 
     torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     dataset = load_dataset(args.data)
     all_obs = np.concatenate([e.observations for e in dataset.episodes])

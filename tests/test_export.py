@@ -1,0 +1,74 @@
+"""Export: the step graph keeps the contract and the lean rules, parity is recorded, failures write nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+onnx = pytest.importorskip("onnx")
+
+from policyrt.export.graph_checks import FORBIDDEN_OPS, check_step_graph  # noqa: E402
+
+
+def test_step_graph_has_the_contract_io_and_no_forbidden_ops(tiny_bundle):
+    model = onnx.load(str(tiny_bundle / "policy.onnx"))
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    names = [s["name"] for s in manifest["state"]]
+    report = check_step_graph(model, names)
+    assert report.ok, report.problems
+    assert not set(report.op_histogram) & set(FORBIDDEN_OPS)
+    inputs = [i.name for i in model.graph.input]
+    assert inputs[:5] == ["obs", "prev_action", "reward", "target_return", "reset"]
+    assert inputs[5:] == [f"state.{n}" for n in names]
+    assert [o.name for o in model.graph.output] == ["action", *[f"state.{n}.next" for n in names]]
+    batch_dims = {i.type.tensor_type.shape.dim[0].dim_param for i in model.graph.input}
+    assert batch_dims == {"batch"}  # dynamic batch everywhere
+
+
+def test_graph_check_flags_scatter_and_int64_io():
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("ScatterND", ["obs", "idx", "upd"], ["action"])],
+        "bad",
+        [helper.make_tensor_value_info("obs", TensorProto.FLOAT, [1, 2]),
+         helper.make_tensor_value_info("idx", TensorProto.INT64, [1, 1])],
+        [helper.make_tensor_value_info("action", TensorProto.FLOAT, [1, 2])],
+    )
+    report = check_step_graph(helper.make_model(graph), [])
+    text = "\n".join(report.problems)
+    assert "ScatterND" in text and "int64" in text and "missing input 'reset'" in text
+
+
+def test_parity_json_records_a_rollout_with_mid_episode_resets(tiny_bundle):
+    from policyrt.arrays import decode_array
+
+    parity = json.loads((tiny_bundle / "parity.json").read_text())
+    reset = decode_array(parity["inputs"]["reset"])
+    assert reset.shape[0] >= 200 and reset[0].all()
+    assert reset[1:].any(axis=0).all()  # every slot resets again mid-rollout
+    result = parity["results"]["onnxruntime"]
+    assert result["action_max_abs"] <= 1e-5 and result["state_max_abs"] <= 1e-5
+
+
+def test_failed_parity_writes_nothing(tiny_checkpoint, tmp_path):
+    from policyrt.export.bundle_export import ExportError, export_bundle
+
+    out = tmp_path / "never.policy"
+    with pytest.raises(ExportError, match="nothing was written"):
+        export_bundle(tiny_checkpoint, out, tolerance=-1.0, progress=lambda *_: None)  # no error is <= -1
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # no temporary directory left behind either
+
+
+def test_manifest_records_provenance_and_state_table(tiny_bundle):
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    prov = manifest["provenance"]
+    assert prov["commands"][-1] == "pytest"
+    assert len(prov["checkpoint_sha256"]) == 64
+    assert prov["versions"]["onnxruntime"]
+    by_name = {s["name"]: s for s in manifest["state"]}
+    assert by_name["rtg"]["init"] == 50.0
+    assert by_name["block0.C"]["shape"] == [2, 32, 32]  # heads, head_dim, head_dim (inner 64)
+    assert set(manifest["files"]) >= {"policy.onnx", "parity.json", "reference/model.safetensors"}
