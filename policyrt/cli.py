@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from .commands import bench, collect, demo, export, info, run, sim_serve, train, verify
@@ -39,7 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(words)
+    # Recorded into datasets, checkpoints and manifests so every artifact says how to remake it.
+    args.command_line = shlex.join(["policyrt", *words])
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:

@@ -38,5 +38,5 @@ class Backend(ABC):
     def state(self) -> dict[str, np.ndarray]:
         """The current state tensors by manifest name (copies; for verify and debugging, not the hot path)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: backends without native resources skip it
         """Release native resources; the backend is unusable afterwards."""

@@ -16,8 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from policyrt.controllers.loop import format_summary, run_lockstep  # noqa: E402
 from stand_in_session import LinearSession  # noqa: E402
+
+from policyrt.controllers.loop import format_summary, run_lockstep  # noqa: E402
 
 
 def main() -> int:

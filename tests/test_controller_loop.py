@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from policyrt.controllers.loop import SpecMismatchError, check_spec, format_summary, run_lockstep
 from stand_in_session import LinearSession, StandInManifest
 from wire_helpers import (
     PATIENCE_S,
@@ -26,6 +25,7 @@ from wire_helpers import (
     wait_for_line,
 )
 
+from policyrt.controllers.loop import SpecMismatchError, check_spec, format_summary, run_lockstep
 from policyrt.link import Link
 from policyrt.protocol import HEADER, MAGIC, ActFlag, Encoder, MsgType, ObsFlag, ProtocolError
 

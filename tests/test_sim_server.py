@@ -7,7 +7,6 @@ import signal
 
 import numpy as np
 import pytest
-from policyrt.sim.server import serve, spec_for_env
 from stand_in_session import PENDULUM_GAIN
 from wire_helpers import (
     PATIENCE_S,
@@ -21,6 +20,7 @@ from wire_helpers import (
 )
 
 from policyrt.protocol import HEADER, MAGIC, ActFlag, Encoder, MsgType, ObsFlag
+from policyrt.sim.server import serve, spec_for_env
 
 gymnasium = pytest.importorskip("gymnasium")
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -33,6 +31,6 @@ def handle(args) -> int:
 
     cfg = CollectConfig(env_id=args.env, expert=args.expert, episodes=args.episodes,
                         action_noise=args.action_noise, seed=args.seed)
-    dataset = collect(cfg, out=args.out, command=shlex.join(["policyrt", *sys.argv[1:]]))
+    dataset = collect(cfg, out=args.out, command=args.command_line)
     print(f"{args.out}: {summary(dataset)}")
     return 0

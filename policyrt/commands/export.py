@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 
 
@@ -33,7 +32,7 @@ def handle(args) -> int:
 
     try:
         out = export_bundle(args.checkpoint, args.out, name=args.name, tolerance=args.tolerance,
-                            command=shlex.join(["policyrt", *sys.argv[1:]]))
+                            command=args.command_line)
     except (ExportError, FileNotFoundError, ValueError) as err:
         print(f"export failed: {err}", file=sys.stderr)
         return 1

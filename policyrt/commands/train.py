@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shlex
-import sys
 import typing
 from pathlib import Path
 
@@ -56,5 +54,5 @@ def handle(args) -> int:
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainXLSTMArgs)}
     values["data"], values["out"] = Path(values["data"]), Path(values["out"])
-    train(TrainXLSTMArgs(**values), command=shlex.join(["policyrt", *sys.argv[1:]]))
+    train(TrainXLSTMArgs(**values), command=args.command_line)
     return 0

@@ -1,0 +1,41 @@
+"""Every subcommand answers --help; info reads a bundle and refuses a broken one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from policyrt.cli import main
+
+COMMANDS = [[], ["sim"], ["sim", "collect"], ["sim", "serve"], ["train"], ["train", "xlstm"], ["export"],
+            ["info"], ["verify"], ["run"], ["bench"], ["demo"]]
+
+
+@pytest.mark.parametrize("words", COMMANDS, ids=lambda w: " ".join(w) or "policyrt")
+def test_help(words, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([*words, "--help"])
+    assert done.value.code == 0
+    assert "usage: policyrt" in capsys.readouterr().out
+
+
+def test_console_script_runs():
+    result = subprocess.run([sys.executable, "-m", "policyrt.cli", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("policyrt ")
+
+
+def test_info_prints_the_manifest(tiny_bundle, capsys):
+    assert main(["info", str(tiny_bundle)]) == 0
+    out = capsys.readouterr().out
+    assert "block1.C" in out and "parity      onnxruntime" in out
+
+
+def test_info_refuses_a_corrupted_bundle(tiny_bundle, tmp_path, capsys):
+    import shutil
+
+    copy = shutil.copytree(tiny_bundle, tmp_path / "c.policy")
+    (copy / "parity.json").write_text("{}")
+    assert main(["info", str(copy)]) == 1
+    assert "parity.json: sha256 does not match" in capsys.readouterr().err
