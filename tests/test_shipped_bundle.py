@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import SHIPPED_BUNDLE
 
 pytestmark = pytest.mark.skipif(not SHIPPED_BUNDLE.exists(), reason="shipped bundle not built yet")
