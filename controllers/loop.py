@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import zmq
-from policyrt.controllers.timing import StageTimes, now_ns
 
+from policyrt.controllers.timing import StageTimes, now_ns
 from policyrt.link import Link
 from policyrt.protocol import ActFlag, Encoder, ErrorTally, MsgType, ObsFlag, ProtocolError, Spec
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import zmq
-from policyrt.controllers.timing import StageTimes, now_ns
 
+from policyrt.controllers.timing import StageTimes, now_ns
 from policyrt.link import Link
 from policyrt.protocol import ActFlag, Encoder, ErrorTally, Message, MsgType, ObsFlag, ProtocolError, Spec
 
@@ -193,7 +193,8 @@ class _LockstepServer:
                     self._reset()
         except KeyboardInterrupt:
             self._abandon_episode()
-            self.link.send(self.enc.control(MsgType.BYE))
+            if self.seeded:  # a controller is there to tell; with none, the send would just wait
+                self.link.send(self.enc.control(MsgType.BYE))
             return "interrupted", f"Ctrl-C after {self.steps} steps"
 
     def _wait_hello(self, timeout_s: float | None) -> Message | None:
