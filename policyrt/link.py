@@ -47,6 +47,7 @@ class Link:
         self._buf = bytearray(MAX_FRAME_BYTES)
         self._view = memoryview(self._buf)
         self._recv_into = getattr(self.sock, "recv_into", None)  # pyzmq >= 26.4
+        self._rcvtimeo = -1  # ZMQ_RCVTIMEO as set on the socket (-1: block forever, the default)
         self.obs_dim: int | None = None  # set from the SPEC; decode then checks OBS/ACT sizes
         self.act_dim: int | None = None
 
@@ -63,31 +64,46 @@ class Link:
         spin_ns > 0 first busy-polls that long without sleeping: a blocking wake-up costs tens of
         microseconds, which is most of a loopback round trip when the answer comes quickly.
         """
-        if not self._wait(timeout_s, spin_ns):
-            return None
-        n = self._read()
+        n = -1
+        if spin_ns > 0:
+            n = self._spin(spin_ns)
+        if n < 0:
+            n = self._blocking_read(timeout_s)
+            if n < 0:
+                return None
         if n > len(self._buf):
             raise ProtocolError(
                 "length", f"frame of {n} bytes exceeds the {len(self._buf)}-byte receive buffer"
             )
         return decode(self._view[:n], obs_dim=self.obs_dim, act_dim=self.act_dim)
 
-    def _wait(self, timeout_s: float | None, spin_ns: int) -> bool:
-        sock = self.sock
-        if spin_ns > 0:
-            end = time.perf_counter_ns() + spin_ns
-            while True:
-                if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                    return True
+    def _spin(self, spin_ns: int) -> int:
+        end = time.perf_counter_ns() + spin_ns
+        while True:
+            try:
+                return self._read(zmq.NOBLOCK)
+            except zmq.Again:
                 if time.perf_counter_ns() >= end:
-                    break
-        timeout_ms = -1 if timeout_s is None else max(0, int(timeout_s * 1000))
-        return bool(sock.poll(timeout_ms, zmq.POLLIN))
+                    return -1
 
-    def _read(self) -> int:
+    def _blocking_read(self, timeout_s: float | None) -> int:
+        # A blocking receive with ZMQ_RCVTIMEO rather than poll() + receive: one wake-up and no
+        # Python-level poller per message. The option is only touched when the timeout changes.
+        timeout_ms = -1 if timeout_s is None else max(0, int(timeout_s * 1000))
+        if timeout_ms != self._rcvtimeo:
+            self.sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
+            self._rcvtimeo = timeout_ms
+        try:
+            return self._read(0)
+        except zmq.Again:
+            return -1
+
+    def _read(self, flags: int) -> int:
+        """Receive one frame into the buffer; returns its full size (larger than the buffer when
+        it did not fit)."""
         if self._recv_into is not None:
-            return self._recv_into(self._buf, flags=zmq.NOBLOCK)
-        frame = self.sock.recv(zmq.NOBLOCK)
+            return self._recv_into(self._buf, flags=flags)
+        frame = self.sock.recv(flags)
         n = len(frame)
         if n <= len(self._buf):
             self._buf[:n] = frame

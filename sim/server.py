@@ -25,7 +25,10 @@ from policyrt.protocol import ActFlag, Encoder, ErrorTally, Message, MsgType, Ob
 
 log = logging.getLogger(__name__)
 
-MODES = ("lockstep",)  # "realtime" is planned: see docs/PROTOCOL.md
+MODES = ("lockstep",)
+_ESTOP = int(
+    ActFlag.ESTOP
+)  # a plain int: `int & IntFlag` is slow on the per-step path  # "realtime" is planned: see docs/PROTOCOL.md
 
 
 @dataclass(frozen=True)
@@ -279,7 +282,7 @@ class _LockstepServer:
         """Apply the ACT, step, send the next OBS. True when the episode ended (the caller
         decides whether another one starts)."""
         t_act = now_ns()
-        if act.flags & ActFlag.ESTOP:
+        if act.flags & _ESTOP:
             self._set_estop(True)
         if self.estop:
             self.action[...] = self.safe_action

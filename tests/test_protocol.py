@@ -209,6 +209,19 @@ def test_non_finite_values_are_rejected(bad):
     assert kind_of(frame(MsgType.ACT, floats(bad)), act_dim=1) == "nonfinite"
 
 
+@pytest.mark.parametrize("count", [1, 2, 3, 7, 8, 9, 16, 17, 33, 64, 257])
+def test_finiteness_check_finds_any_bad_value_at_any_position_and_passes_extreme_finite_ones(count):
+    enc = Encoder(act_dim=count)
+    extreme = np.full(count, np.finfo(np.float32).max, np.float32)
+    extreme[::2] *= -1  # a plain sum of these would overflow
+    assert decode(enc.act(extreme, ack=1), act_dim=count).values.size == count
+    for bad in (np.nan, np.inf, -np.inf):
+        for i in {0, count // 2, count - 1}:
+            action = extreme.copy()
+            action[i] = bad
+            assert kind_of(bytes(enc.act(action, ack=1)), act_dim=count) == "nonfinite"
+
+
 @pytest.mark.parametrize(
     "payload",
     [
