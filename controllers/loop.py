@@ -217,7 +217,7 @@ class _Lockstep:
                         self._end_episode(msg)
                         if episodes is not None and len(self.episodes) >= episodes:
                             link.send(self.enc.control(MsgType.BYE))
-                            return "episodes_done", f"{len(self.episodes)} episodes"
+                            return "episodes_done", f"{len(self.episodes)} episode(s) as asked"
                         continue
                     t_prev = self._tick(msg, t_prev)
                 elif mtype is MsgType.ESTOP:

@@ -192,7 +192,7 @@ class _LockstepServer:
                 if self._step(msg):
                     if episodes is not None and len(self.episodes) >= episodes:
                         self.link.send(self.enc.control(MsgType.BYE))
-                        return "episodes_done", f"{len(self.episodes)} episodes completed"
+                        return "episodes_done", f"{len(self.episodes)} episode(s) completed as asked"
                     self._reset()
         except KeyboardInterrupt:
             self._abandon_episode()

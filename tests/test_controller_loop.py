@@ -288,6 +288,17 @@ def test_closed_loop_with_the_stand_in_policy_holds_the_pendulum(transport, tmp_
     assert json.loads(results.read_text())["episodes"][0]["episode_return"] == 1000.0
 
 
+@pytest.mark.parametrize("transport", ["tcp", "ipc"])
+def test_controller_started_before_the_robot_binds_still_gets_its_session(pool, transport):
+    ep = endpoint_for(transport)
+    future = start_loop(pool, LinearSession.inverted_pendulum(), ep, episodes=1)
+    server = start_sim_server(ep, "--env-arg", "max_episode_steps=5")  # starts after the controller
+    result = future.result(PATIENCE_S)
+    server.communicate(timeout=PATIENCE_S)
+    assert result.stop_reason == "episodes_done" and result.ticks == 5
+    assert server.returncode == 0
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_the_controller_with_a_summary_and_says_bye(tmp_path):
     ep = endpoint_for("ipc")
