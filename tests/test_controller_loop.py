@@ -322,13 +322,14 @@ def test_policyrt_run_with_the_shipped_bundle_balances_one_episode(tmp_path):
     results = tmp_path / "serve.json"
     server = start_sim_server(ep, "--episodes", "1", results=results)
     run = subprocess.run(
-        [sys.executable, "-m", "policyrt.commands.run", str(BUNDLE), "--connect", ep],
+        [sys.executable, "-m", "policyrt.cli", "run", str(BUNDLE), "--connect", ep],
         capture_output=True,
         text=True,
         env=python_env(),
         timeout=PATIENCE_S * 5,
     )
     assert run.returncode == 0, run.stderr
+    assert "stopped: robot_left" in run.stdout and "return mean 1000.00" in run.stdout
     server.communicate(timeout=PATIENCE_S)
     report = json.loads(results.read_text())
     assert [e["episode_return"] for e in report["episodes"]] == [1000.0]
