@@ -42,7 +42,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="the robot's endpoint: tcp://HOST:PORT or ipc://PATH",
     )
     p.add_argument("--mode", choices=["lockstep"], default="lockstep", help="lockstep (the only mode so far)")
-    p.add_argument("--backend", default="auto", help="runtime backend (default: auto)")
+    p.add_argument(
+        "--backend", default="auto", help="auto (ONNX Runtime), onnxruntime or torch (default: auto)"
+    )
     p.add_argument(
         "--episodes", type=int, default=None, help="stop after N episodes (default: until the robot leaves)"
     )
