@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import numpy as np
-
 OPSET = 17  # LayerNormalization is a single op from 17 on; TensorRT 10.x parses 17.
 CONTRACT_INPUTS = ("obs", "prev_action", "reward", "target_return", "reset")
 
@@ -56,13 +54,3 @@ def state_table(step) -> list[dict]:
     return [
         {"name": s.name, "shape": list(s.shape), "dtype": s.dtype, "init": s.init} for s in step.specs
     ]
-
-
-def zeros_like_inputs(obs_dim: int, act_dim: int, batch: int) -> dict[str, np.ndarray]:
-    return {
-        "obs": np.zeros((batch, obs_dim), np.float32),
-        "prev_action": np.zeros((batch, act_dim), np.float32),
-        "reward": np.zeros(batch, np.float32),
-        "target_return": np.zeros(batch, np.float32),
-        "reset": np.ones(batch, bool),
-    }

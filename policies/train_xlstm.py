@@ -9,7 +9,7 @@ with noisy applied actions: the noise widens the states seen, the label stays go
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -151,7 +151,3 @@ def train(args: TrainXLSTMArgs, progress: bool = True, command: str | None = Non
     checkpoint(step)
     print(f"trained {step} steps in {time.monotonic() - started:.0f} s -> {args.out}")
     return Path(args.out)
-
-
-def args_with(args: TrainXLSTMArgs, **changes) -> TrainXLSTMArgs:
-    return replace(args, **changes)

@@ -65,7 +65,7 @@ def python_env() -> dict:
 
 def start_sim_server(endpoint: str, *args: str, results: Path | None = None) -> subprocess.Popen:
     """`policyrt sim serve` for InvertedPendulum-v5 in its own process."""
-    cmd = [sys.executable, "-m", "policyrt.commands.sim_serve", "--env", PENDULUM, "--bind", endpoint]
+    cmd = [sys.executable, "-m", "policyrt.cli", "sim", "serve", "--env", PENDULUM, "--bind", endpoint]
     cmd += ["--connect-timeout", str(PATIENCE_S), *args]
     if results is not None:
         cmd += ["--results", str(results)]

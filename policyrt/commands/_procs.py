@@ -17,7 +17,11 @@ def policyrt_cmd(*args: str) -> list[str]:
 def closed_loop(bundle: str, env_id: str, episodes: int, endpoint: str | None = None, seed: int = 0,
                 backend: str = "auto", spin_us: int = 0, timeout_s: float = 600.0) -> tuple[dict, dict]:
     """Run `policyrt sim serve` and `policyrt run` against each other; returns (server, controller) results."""
-    work = Path(tempfile.mkdtemp(prefix="policyrt-loop-"))
+    with tempfile.TemporaryDirectory(prefix="policyrt-loop-") as tmp:  # results and the ipc socket
+        return _closed_loop(Path(tmp), bundle, env_id, episodes, endpoint, seed, backend, spin_us, timeout_s)
+
+
+def _closed_loop(work: Path, bundle, env_id, episodes, endpoint, seed, backend, spin_us, timeout_s):
     endpoint = endpoint or f"ipc://{work}/robot.sock"
     server_json, controller_json = work / "server.json", work / "controller.json"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

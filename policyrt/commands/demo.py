@@ -27,14 +27,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def expert_returns(env_id: str, episodes: int, seed: int) -> list[float]:
     """The LQR expert on the server's seeding scheme: seed the first reset, continue the RNG after."""
     import gymnasium as gym
+    import numpy as np
 
     from policyrt.sim.collect import run_episode
     from policyrt.sim.experts import make_expert
 
     env = gym.make(env_id)
     expert = make_expert("lqr", env)
-    import numpy as np
-
     rng = np.random.default_rng(0)
     returns = [run_episode(env, expert, rng, 0.0, seed=seed if i == 0 else None).total_return for i in range(episodes)]
     env.close()

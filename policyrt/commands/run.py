@@ -92,14 +92,3 @@ def handle(args: argparse.Namespace) -> int:
         with open(args.results, "w") as f:
             json.dump(result.to_dict(), f, indent=2)
     return 1 if result.stop_reason in _FAILED else 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="policyrt")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["run", *(sys.argv[1:] if argv is None else argv)])
-    return args.handler(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

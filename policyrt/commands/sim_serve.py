@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 
 DESCRIPTION = """\
 Serve a Gymnasium MuJoCo environment as a stand-in robot. The server binds ENDPOINT, waits for a
@@ -99,14 +98,3 @@ def handle(args: argparse.Namespace) -> int:
     )
     print(format_result(result), flush=True)
     return 1 if result.stop_reason in ("controller_lost", "no_controller") else 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="policyrt sim")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
-    return args.handler(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
