@@ -38,5 +38,13 @@ class Backend(ABC):
     def state(self) -> dict[str, np.ndarray]:
         """The current state tensors by manifest name (copies; for verify and debugging, not the hot path)."""
 
+    @abstractmethod
+    def reset_state(self, mask: np.ndarray) -> None:
+        """Write the manifest's init values into the state of the slots where `mask` is True.
+
+        The graph re-initializes a resetting slot itself, but by multiplying with zero, which cannot
+        clear a NaN that got into the state; this host-side write can, and costs nothing per step.
+        """
+
     def close(self) -> None:  # noqa: B027 - optional hook: backends without native resources skip it
         """Release native resources; the backend is unusable afterwards."""

@@ -67,6 +67,10 @@ class OnnxRuntimeBackend(Backend):
         self.session.run_with_iobinding(self._bindings[self._current])
         self._current ^= 1
 
+    def reset_state(self, mask: np.ndarray) -> None:
+        for spec in self.bundle.manifest.state:
+            self._states[self._current][spec.name][mask] = spec.init
+
     def state(self) -> dict[str, np.ndarray]:
         return {k: v.copy() for k, v in self._states[self._current].items()}
 

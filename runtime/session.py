@@ -32,14 +32,13 @@ class Session:
     def reset(self, mask=None) -> None:
         """Start a new episode in every slot (mask=None) or in the slots where `mask` is True."""
         if mask is None:
-            self._inputs["reset"][:] = True
-            self._last_action[:] = 0.0
-            return
+            mask = np.ones(self.batch_size, bool)
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != (self.batch_size,):
             raise ValueError(f"reset mask must have shape ({self.batch_size},), got {mask.shape}")
         self._inputs["reset"] |= mask
         self._last_action[mask] = 0.0
+        self.backend.reset_state(mask)
 
     def set_target_return(self, value, mask=None) -> None:
         """Commanded return for return-conditioned policies; read when a slot next resets."""

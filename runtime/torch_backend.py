@@ -43,5 +43,11 @@ class TorchBackend(Backend):
             )
         np.copyto(self.action, action.numpy())
 
+    def reset_state(self, mask: np.ndarray) -> None:
+        rows = self._torch.from_numpy(np.asarray(mask, bool))
+        with self._torch.inference_mode():  # the state tensors were made under inference mode
+            for spec, tensor in zip(self.step_module.specs, self._state):
+                tensor[rows] = spec.init
+
     def state(self) -> dict[str, np.ndarray]:
         return {s.name: t.numpy().copy() for s, t in zip(self.step_module.specs, self._state)}

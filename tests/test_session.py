@@ -83,3 +83,29 @@ def test_board_side_imports_pull_no_torch_mujoco_or_gymnasium():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_reset_clears_a_state_poisoned_with_nan(tiny_bundle, backend):
+    """A NaN inside the state survives the graph's multiply-by-zero reset; Session.reset must clear it."""
+    obs = np.linspace(-1, 1, 4).astype(np.float32)
+    fresh = policyrt.load(tiny_bundle, backend=backend, batch_size=2)
+    poisoned = policyrt.load(tiny_bundle, backend=backend, batch_size=2)
+    for session in (fresh, poisoned):
+        session.step(np.stack([obs, obs]), 1.0)
+    if backend == "onnxruntime":
+        current = poisoned.backend._states[poisoned.backend._current]
+        current["block0.C"][1] = np.nan
+    else:
+        import torch
+
+        with torch.inference_mode():
+            poisoned.backend._state[1][1] = float("nan")  # block0.C, slot 1
+    assert np.isnan(poisoned.step(np.stack([obs, obs]), 1.0)[1]).all()
+    fresh.step(np.stack([obs, obs]), 1.0)
+    for session in (fresh, poisoned):
+        session.reset(mask=np.array([False, True]))
+    after_fresh = fresh.step(np.stack([obs, obs]), 0.0)
+    after_poisoned = poisoned.step(np.stack([obs, obs]), 0.0)
+    assert np.isfinite(after_poisoned).all()
+    np.testing.assert_allclose(after_poisoned[1], after_fresh[1], atol=1e-6)
