@@ -41,14 +41,14 @@ def export_bundle(checkpoint: Path, out: Path, name: str | None = None, command:
     import onnx
 
     from policyrt.policies.checkpoint import load_checkpoint
-    from policyrt.policies.xlstm_step import XLSTMStep
+    from policyrt.policies.kinds import make_step
     from policyrt.runtime import make_backend
     from policyrt.runtime.verify import compare, replay
 
     checkpoint, out = Path(checkpoint), Path(out)
     policy, doc = load_checkpoint(checkpoint)
     config = policy.config
-    step = XLSTMStep(policy).eval()
+    step = make_step(policy)
     name = name or out.name.removesuffix(".tar").removesuffix(".policy")
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out.parent))

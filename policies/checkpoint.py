@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .xlstm_config import XLSTMPolicyConfig
-
 
 def save_checkpoint(policy, out: Path, extra: dict | None = None) -> Path:
     from safetensors.torch import save_file
@@ -32,12 +30,12 @@ def load_checkpoint(path: Path):
         if not (path / name).is_file():
             raise FileNotFoundError(f"checkpoint {path} has no {name}")
     doc = json.loads((path / "config.json").read_text())
-    kind = doc.get("kind")
-    if kind != "xlstm":
-        raise ValueError(f"{path}/config.json: unsupported policy kind {kind!r} (supported: xlstm)")
-    from .xlstm_policy import XLSTMPolicy
+    from .kinds import KINDS, config_class, policy_class
 
-    policy = XLSTMPolicy(XLSTMPolicyConfig.from_dict(doc["config"]))
+    kind = doc.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"{path}/config.json: unsupported policy kind {kind!r} (supported: {', '.join(KINDS)})")
+    policy = policy_class(kind)(config_class(kind).from_dict(doc["config"]))
     state = load_file(str(path / "model.safetensors"))
     missing, unexpected = policy.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -11,24 +11,16 @@ State names and shapes (batch first) follow the step-graph contract in DESIGN.md
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .step_contract import StateSpec, initial_states
 from .xlstm_policy import XLSTMPolicy
 
 LAYER_NORM_EPS = 1e-5  # xlstm.components.ln.LayerNorm and MultiHeadLayerNorm default
 MLSTM_EPS = 1e-6  # xlstm recurrent_step_stabilized_simple default
-
-
-@dataclass(frozen=True)
-class StateSpec:
-    name: str
-    shape: tuple[int, ...]  # without the batch dimension
-    init: float = 0.0
-    dtype: str = "float32"
 
 
 def headwise_to_dense(weight: torch.Tensor) -> torch.Tensor:
@@ -172,7 +164,7 @@ class XLSTMStep(nn.Module):
             self.specs.extend(block.state_specs())
 
     def initial_states(self, batch: int) -> list[torch.Tensor]:
-        return [torch.full((batch, *s.shape), s.init, dtype=torch.float32) for s in self.specs]
+        return initial_states(self.specs, batch)
 
     def forward(self, obs, prev_action, reward, target_return, reset, *states):
         keep = torch.logical_not(reset).to(obs.dtype)

@@ -23,7 +23,7 @@ class TorchBackend(Backend):
         except ImportError as err:
             raise ImportError("backend 'torch' needs PyTorch: pip install 'policyrt[export]'") from err
         from policyrt.policies.checkpoint import load_checkpoint
-        from policyrt.policies.xlstm_step import XLSTMStep
+        from policyrt.policies.kinds import make_step
 
         reference = bundle.path / "reference"
         if not (reference / "config.json").is_file():
@@ -31,7 +31,7 @@ class TorchBackend(Backend):
         torch.set_num_threads(threads)
         policy, _ = load_checkpoint(reference)
         self._torch = torch
-        self.step_module = XLSTMStep(policy).eval()
+        self.step_module = make_step(policy)
         self._inputs_t = {k: torch.from_numpy(v) for k, v in self.inputs.items()}  # shares memory
         self._state = self.step_module.initial_states(batch_size)
 
