@@ -38,27 +38,37 @@ def library_versions() -> dict:
 
 def export_bundle(checkpoint: Path, out: Path, name: str | None = None, command: str | None = None,
                   tolerance: float = 1e-5, progress=print) -> Path:
+    """Export a policyrt checkpoint directory (config.json + model.safetensors)."""
+    from policyrt.policies.checkpoint import load_checkpoint
+
+    policy, doc = load_checkpoint(checkpoint)
+    return export_policy(policy, doc, Path(checkpoint), out, name, command, tolerance, progress)
+
+
+def export_policy(policy, doc: dict, source: Path, out: Path, name: str | None = None, command: str | None = None,
+                  tolerance: float = 1e-5, progress=print) -> Path:
+    """Export an in-memory policy; `doc` carries its provenance (commands, dataset, import assumptions)."""
     import onnx
 
-    from policyrt.policies.checkpoint import load_checkpoint
+    from policyrt.policies.checkpoint import save_checkpoint
     from policyrt.policies.kinds import make_step
     from policyrt.runtime import make_backend
     from policyrt.runtime.verify import compare, replay
 
-    checkpoint, out = Path(checkpoint), Path(out)
-    policy, doc = load_checkpoint(checkpoint)
+    out = Path(out)
     config = policy.config
     step = make_step(policy)
     name = name or out.name.removesuffix(".tar").removesuffix(".policy")
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out.parent))
     try:
-        progress(f"exporting step graph of {checkpoint} ...")
+        progress(f"exporting step graph of {source} ...")
         onnx_bytes = export_step_graph(step, config.obs_dim, config.act_dim, work / "policy.onnx")
         graph = check_step_graph(onnx.load_from_string(onnx_bytes), [s.name for s in step.specs])
         if not graph.ok:
             raise ExportError("step graph breaks the contract:\n  " + "\n  ".join(graph.problems))
-        shutil.copytree(checkpoint, work / "reference", ignore=shutil.ignore_patterns("*.tmp*"))
+        extra = {k: v for k, v in doc.items() if k not in ("kind", "config")}
+        save_checkpoint(policy, work / "reference", extra=extra)
 
         progress("recording the reference rollout and replaying it on ONNX Runtime ...")
         obs_mean = np.array(config.obs_mean or [0.0] * config.obs_dim)
@@ -82,10 +92,12 @@ def export_bundle(checkpoint: Path, out: Path, name: str | None = None, command:
             "return_scale": config.return_scale,
             "control_rate_hz": round(1.0 / control_dt, 6) if control_dt else None,
             "env_id": dataset.get("env_id"),
+            # What an importer assumed (scales, bounds, context) for a policy trained elsewhere.
+            "import": doc.get("import"),
             "graph": {"opset": 17, "nodes": graph.node_count, "ops": graph.op_histogram},
             "provenance": {
-                "checkpoint": str(checkpoint),
-                "checkpoint_sha256": sha256_file(checkpoint / "model.safetensors"),
+                "source": str(source),
+                "checkpoint_sha256": sha256_file(work / "reference" / "model.safetensors"),
                 "commands": [*doc.get("commands", []), *([command] if command else [])],
                 "versions": library_versions(),
                 "created_unix": int(time.time()),
