@@ -1,0 +1,31 @@
+"""Importers: policies trained elsewhere -> (policyrt policy, provenance document) ready to export.
+
+Each importer takes the source path and an options dict (the CLI's --context, --return-scale,
+--target-return, --obs-mean/--obs-std arrays, --action-low/--action-high; None where not given),
+refuses with a message naming the field whatever it cannot infer, and records what it assumed under
+`doc["import"]`, which the bundle manifest keeps.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+# --from NAME -> "module:function" inside policyrt.policies
+IMPORTERS = {
+    "hf-dt": "dt_import:import_hf_dt",
+    "dt-original": "dt_import:import_dt_original",
+    "xlstm-stack": "xlstm_import:import_xlstm_stack",
+}
+
+
+class ImportRefused(ValueError):
+    """The source cannot be imported as it is; the message names the field and what to supply."""
+
+
+def run_importer(name: str, source: Path, options: dict):
+    if name not in IMPORTERS:
+        raise ImportRefused(f"unknown --from {name!r}; available: {', '.join(IMPORTERS)}")
+    module, function = IMPORTERS[name].split(":")
+    importer = getattr(importlib.import_module(f"policyrt.policies.{module}"), function)
+    return importer(Path(source), options)
