@@ -15,6 +15,11 @@ KINDS = {
         "config": "xlstm_config:XLSTMPolicyConfig",
         "step": "xlstm_step:XLSTMStep",
     },
+    "dt": {
+        "policy": "dt_policy:DTPolicy",
+        "config": "dt_config:DTPolicyConfig",
+        "step": "dt_step:DTStep",
+    },
 }
 
 
