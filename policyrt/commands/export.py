@@ -43,6 +43,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     imp.add_argument("--obs-std", metavar="FILE.npy", help="observation std used in training")
     imp.add_argument("--action-low", type=float, nargs="+", metavar="V", help="action lower bounds")
     imp.add_argument("--action-high", type=float, nargs="+", metavar="V", help="action upper bounds")
+    imp.add_argument("--n-head", type=int, help="attention heads (dt-original: not stored in a state dict)")
+    imp.add_argument("--activation", choices=["relu", "gelu_new", "gelu"], help="dt-original MLP activation (default relu)")
     p.set_defaults(handler=handle)
     return p
 
@@ -61,6 +63,8 @@ def import_options(args) -> dict:
         "obs_std": array(args.obs_std),
         "action_low": args.action_low,
         "action_high": args.action_high,
+        "n_head": args.n_head,
+        "activation": args.activation,
     }
 
 
