@@ -1,7 +1,8 @@
 """Continuous-control xLSTM policy: one token per timestep through an `xlstm.xLSTMBlockStack`.
 
 token_t = embed(normalized obs_t, normalized prev_action, reward_{t-1}, return-to-go_t / scale); the
-action head is tanh scaled to the action bounds. This module is the parallel (training) form; the step
+action head is tanh scaled to the action bounds (or, for imported linear heads, `action_squash="none"`,
+the head's output as it is). This module is the parallel (training) form; the step
 form that is exported lives in `xlstm_step.py` and reads the same parameters.
 """
 
@@ -45,6 +46,8 @@ class XLSTMPolicy(nn.Module):
         return self.embed(torch.cat(parts, dim=-1))
 
     def action_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        if self.config.action_squash == "none":
+            return self.head(features)
         return self.act_center + self.act_half_range * torch.tanh(self.head(features))
 
     def forward(self, obs, prev_action, reward, return_to_go) -> torch.Tensor:

@@ -32,6 +32,9 @@ def tiny_policy(seed: int = 0, obs_dim: int = 4, act_dim: int = 2, **overrides):
         for name, param in policy.named_parameters():
             if "igate" in name or "fgate" in name or "learnable_skip" in name or "norm" in name:
                 param.add_(0.3 * torch.randn_like(param))
+            elif "slstm_cell" in name or ("proj" in name and name.endswith(".bias")):
+                # sLSTM recurrent kernels and projection biases start at zero: give them weight too.
+                param.add_(0.3 * torch.randn_like(param))
     return policy.eval()
 
 

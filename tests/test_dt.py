@@ -10,10 +10,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from dt_reference import ReferenceDT  # noqa: E402
-
 import policyrt  # noqa: E402
 from policyrt.cli import main  # noqa: E402
+from policyrt.policies.dt_reference import ReferenceDT  # noqa: E402
 
 OBS, ACT, K, MAX_EP = 3, 2, 6, 120
 

@@ -99,3 +99,122 @@ def test_config_refuses_bounds_of_wrong_length():
 
     with pytest.raises(ValueError, match="act_dim"):
         XLSTMPolicyConfig(obs_dim=3, act_dim=2, action_low=(-1.0,), action_high=(1.0, 1.0))
+
+
+# --- sLSTM blocks (and any mix of block configs) -----------------------------------------------------
+
+def _mixed(**overrides):
+    from policyrt.policies.xlstm_config import FeedForwardSpec, SLSTMBlockSpec
+
+    settings = dict(
+        num_blocks=3, slstm_at=(1,), num_heads=2, conv1d_kernel_size=3, proj_factor=1.5,
+        slstm_block=SLSTMBlockSpec(num_heads=4, conv1d_kernel_size=2, feedforward=FeedForwardSpec(proj_factor=1.3)),
+    )
+    settings.update(overrides)
+    return settings
+
+
+MIXED_STACKS = {
+    "mlstm+slstm(ffn)": _mixed(),
+    "slstm-only, no conv, no group-norm weight": dict(
+        num_blocks=2, slstm_at=(0, 1), slstm_block=None, num_heads=1, conv1d_kernel_size=0,
+    ),
+    "slstm first, biased mlstm, no post norm, linear head": _mixed(
+        slstm_at=(0,), proj_bias=True, add_post_blocks_norm=False, action_squash="none",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", MIXED_STACKS)
+def test_sequence_form_equals_step_form_with_slstm_blocks(name):
+    policy = tiny_policy(seed=7, **MIXED_STACKS[name])
+    obs, prev_action, reward = rollout_inputs(2, 80, 4, 2, seed=8)
+    target = policy.config.target_return
+    rtg = target - torch.cumsum(reward, dim=1)
+    with torch.no_grad():
+        sequence = policy(obs, prev_action, reward, rtg)
+    stepped, _ = step_rollout(XLSTMStep(policy).eval(), obs, prev_action, reward, target)
+    assert (stepped - sequence).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("name", MIXED_STACKS)
+def test_step_form_matches_the_packages_step_with_slstm_blocks(name):
+    """Our step against `xLSTMBlockStack.step` on the same weights, states included (h, c, n, m, conv)."""
+    policy = tiny_policy(seed=9, **MIXED_STACKS[name])
+    stack = policy.backbone
+    step = XLSTMStep(policy).eval()
+    obs, prev_action, reward = rollout_inputs(1, 60, 4, 2, seed=10)
+    ours, states = step_rollout(step, obs, prev_action, reward, policy.config.target_return)
+    state, theirs = None, []
+    rtg = torch.full((1,), policy.config.target_return)
+    with torch.no_grad():
+        for t in range(obs.shape[1]):
+            rtg = rtg - reward[:, t]
+            x = policy.tokens(obs[:, t], prev_action[:, t], reward[:, t], rtg).unsqueeze(1)
+            y, state = stack.step(x, state)
+            theirs.append(policy.action_from_features(y[:, 0]))
+    assert (ours - torch.stack(theirs, 1)).abs().max().item() <= 1e-5
+    named = dict(zip((s.name for s in step.specs), states))
+    for i in policy.config.slstm_at:
+        hcnm = state[f"block_{i}"]["slstm_state"]  # [4, B, E]
+        for k, key in enumerate("hcnm"):
+            assert (named[f"block{i}.{key}"] - hcnm[k]).abs().max().item() <= 1e-5
+        if f"block{i}.conv" in named:
+            assert (named[f"block{i}.conv"] - state[f"block_{i}"]["conv_state"][0]).abs().max().item() <= 1e-5
+
+
+def test_slstm_reset_slot_restarts_only_that_slot():
+    policy = tiny_policy(seed=11, **_mixed())
+    step = XLSTMStep(policy).eval()
+    obs, prev_action, reward = rollout_inputs(2, 50, 4, 2, seed=12)
+    target = policy.config.target_return
+    states = step.initial_states(2)
+    outs = []
+    with torch.no_grad():
+        for t in range(50):
+            reset = torch.tensor([t == 0, t in (0, 20)])
+            action, *states = step(obs[:, t], prev_action[:, t], reward[:, t], torch.full((2,), target), reset, *states)
+            outs.append(action)
+    both = torch.stack(outs, 1)
+    fresh, _ = step_rollout(step, obs[1:, 20:], prev_action[1:, 20:], reward[1:, 20:], target)
+    undisturbed, _ = step_rollout(step, obs[:1], prev_action[:1], reward[:1], target)
+    np.testing.assert_allclose(both[1, 20:].numpy(), fresh[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(both[0].numpy(), undisturbed[0].numpy(), atol=1e-5)
+
+
+def test_mlstm_block_with_a_feedforward_part_matches_the_packages_block_step():
+    """The package's stack never gives mLSTM blocks an ffn, but its xLSTMBlock allows one: the step covers it."""
+    from xlstm import FeedForwardConfig, mLSTMLayerConfig
+    from xlstm.blocks.xlstm_block import xLSTMBlock, xLSTMBlockConfig
+
+    from policyrt.policies.xlstm_step import MLSTMBlockStep
+
+    torch.manual_seed(13)
+    layer = mLSTMLayerConfig(embedding_dim=32, num_heads=2, context_length=16)
+    layer.__post_init__()
+    block = xLSTMBlock(xLSTMBlockConfig(mlstm=layer, feedforward=FeedForwardConfig(act_fn="relu^2"), _num_blocks=1, _block_idx=0)).eval()
+    with torch.no_grad():
+        for name, param in block.named_parameters():
+            param.add_(0.2 * torch.randn_like(param))
+    ours = MLSTMBlockStep(block, 0).eval()
+    states = [torch.zeros(1, *s.shape) for s in ours.state_specs()]
+    kwargs = {}
+    keep = torch.ones(1)
+    with torch.no_grad():
+        for _ in range(20):
+            x = torch.randn(1, 32)
+            y_ours, states = ours(x, states, keep)
+            y_theirs, kwargs = block.step(x.unsqueeze(1), **kwargs)
+            assert (y_ours - y_theirs[:, 0]).abs().max().item() <= 1e-5
+
+
+def test_policy_config_round_trips_block_specs():
+    from policyrt.policies.xlstm_config import XLSTMPolicyConfig
+
+    config = tiny_policy(**_mixed()).config
+    again = XLSTMPolicyConfig.from_dict(config.to_dict())
+    assert again == config
+    with pytest.raises(ValueError, match="slstm_block.feedforward.*gate_kind"):
+        data = config.to_dict()
+        data["slstm_block"]["feedforward"]["gate_kind"] = 1
+        XLSTMPolicyConfig.from_dict(data)

@@ -3,7 +3,7 @@
 It keeps the whole episode history, takes the last K timesteps, left-pads them with zeros, masks the
 padding, calls the model's own forward and reads the last action; return-to-go starts at
 target/scale and drops by reward/scale each step; timesteps are clamped to max_ep_len - 1 (the
-original would raise past it). Used to check bundles against Hugging Face / original-layout models.
+original would raise past it). `policyrt compare` and the tests check bundles against it.
 """
 
 from __future__ import annotations
