@@ -155,12 +155,16 @@ def test_step_form_matches_the_packages_step_with_slstm_blocks(name):
             theirs.append(policy.action_from_features(y[:, 0]))
     assert (ours - torch.stack(theirs, 1)).abs().max().item() <= 1e-5
     named = dict(zip((s.name for s in step.specs), states))
+
+    def close(ours, theirs):  # c and n accumulate (n ~ 1/(1-f)): fp32 rounding grows with them
+        return ((ours - theirs).abs() / theirs.abs().clamp(min=1.0)).max().item() <= 1e-5
+
     for i in policy.config.slstm_at:
         hcnm = state[f"block_{i}"]["slstm_state"]  # [4, B, E]
         for k, key in enumerate("hcnm"):
-            assert (named[f"block{i}.{key}"] - hcnm[k]).abs().max().item() <= 1e-5
+            assert close(named[f"block{i}.{key}"], hcnm[k]), key
         if f"block{i}.conv" in named:
-            assert (named[f"block{i}.conv"] - state[f"block_{i}"]["conv_state"][0]).abs().max().item() <= 1e-5
+            assert close(named[f"block{i}.conv"], state[f"block_{i}"]["conv_state"][0])
 
 
 def test_slstm_reset_slot_restarts_only_that_slot():
@@ -195,7 +199,8 @@ def test_mlstm_block_with_a_feedforward_part_matches_the_packages_block_step():
     block = xLSTMBlock(xLSTMBlockConfig(mlstm=layer, feedforward=FeedForwardConfig(act_fn="relu^2"), _num_blocks=1, _block_idx=0)).eval()
     with torch.no_grad():
         for name, param in block.named_parameters():
-            param.add_(0.2 * torch.randn_like(param))
+            if "norm" in name or "gate" in name or "skip" in name:  # as tiny_policy: make the gates matter
+                param.add_(0.3 * torch.randn_like(param))
     ours = MLSTMBlockStep(block, 0).eval()
     states = [torch.zeros(1, *s.shape) for s in ours.state_specs()]
     kwargs = {}
