@@ -13,8 +13,13 @@ import torch
 
 
 class ReferenceDT:
-    def __init__(self, forward, obs_dim, act_dim, context, return_scale, max_ep_len, obs_mean=None, obs_std=None):
+    def __init__(self, forward, obs_dim, act_dim, context, return_scale, max_ep_len, obs_mean=None, obs_std=None,
+                 action_low=None, action_high=None):
         self.forward, self.k = forward, context
+        # The model's tanh output mapped to the deployed action bounds, as the bundle's head does.
+        low = -np.ones(act_dim, np.float32) if action_low is None else np.asarray(action_low, np.float32)
+        high = np.ones(act_dim, np.float32) if action_high is None else np.asarray(action_high, np.float32)
+        self.center, self.half = (high + low) / 2, (high - low) / 2
         self.obs_dim, self.act_dim, self.scale, self.max_t = obs_dim, act_dim, return_scale, max_ep_len - 1
         self.mean = np.zeros(obs_dim, np.float32) if obs_mean is None else obs_mean
         self.std = np.ones(obs_dim, np.float32) if obs_std is None else obs_std
@@ -45,4 +50,5 @@ class ReferenceDT:
                 timesteps=torch.from_numpy(window(self.timesteps, (), np.int64)),
                 attention_mask=torch.from_numpy(np.concatenate([np.zeros(pad), np.ones(n)]).astype(np.int64)[None]),
             )
-        return out[1][0, -1].numpy() if isinstance(out, tuple) else out.action_preds[0, -1].numpy()
+        raw = out[1][0, -1].numpy() if isinstance(out, tuple) else out.action_preds[0, -1].numpy()
+        return self.center + self.half * raw
