@@ -14,6 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+# Token inputs in the policy's argument order, then the label.
+FIELDS = ("obs", "prev_action", "prev_reward", "rtg", "label")
+
 
 @dataclass(frozen=True)
 class TrainXLSTMArgs:
@@ -48,36 +51,6 @@ class TrainXLSTMArgs:
     """Write the checkpoint every this many steps, so an interrupted run leaves a usable one."""
 
 
-def episode_arrays(dataset):
-    """Per episode: obs, prev_action, prev_reward, return-to-go, label — all aligned on t."""
-    out = []
-    for ep in dataset.episodes:
-        t_len = len(ep)
-        prev_action = np.zeros_like(ep.actions)
-        prev_action[1:] = ep.actions[:-1]
-        prev_reward = np.zeros(t_len, np.float32)
-        prev_reward[1:] = ep.rewards[:-1]
-        rtg = (ep.total_return - np.concatenate([[0.0], np.cumsum(ep.rewards)[:-1]])).astype(np.float32)
-        out.append((ep.observations, prev_action, prev_reward, rtg, ep.expert_actions))
-    return out
-
-
-def sample_batch(episodes, rng: np.random.Generator, batch: int, window: int):
-    cols = [[], [], [], [], []]
-    masks = []
-    for _ in range(batch):
-        arrays = episodes[rng.integers(len(episodes))]
-        t_len = len(arrays[0])
-        start = int(rng.integers(0, max(1, t_len - window + 1)))
-        stop = min(t_len, start + window)
-        pad = window - (stop - start)
-        for col, arr in zip(cols, arrays):
-            piece = arr[start:stop]
-            col.append(np.concatenate([piece, np.zeros((pad, *piece.shape[1:]), piece.dtype)]))
-        masks.append(np.concatenate([np.ones(stop - start, np.float32), np.zeros(pad, np.float32)]))
-    return [np.stack(c) for c in cols], np.stack(masks)
-
-
 def train(args: TrainXLSTMArgs, progress: bool = True, command: str | None = None) -> Path:
     import torch
     from tqdm import tqdm
@@ -85,6 +58,7 @@ def train(args: TrainXLSTMArgs, progress: bool = True, command: str | None = Non
     from policyrt.sim.dataset import load_dataset
 
     from .checkpoint import save_checkpoint
+    from .sequence_data import episode_arrays, sample_windows
     from .xlstm_config import XLSTMPolicyConfig
     from .xlstm_policy import XLSTMPolicy
 
@@ -132,9 +106,9 @@ def train(args: TrainXLSTMArgs, progress: bool = True, command: str | None = Non
     step, started = 0, time.monotonic()
     try:
         for step in bar:
-            (obs, prev_a, prev_r, rtg, label), mask = sample_batch(episodes, rng, args.batch_size, args.window)
-            pred = policy(*(torch.from_numpy(a) for a in (obs, prev_a, prev_r, rtg)))
-            err = ((pred - torch.from_numpy(label)) / half_range) ** 2
+            batch, mask = sample_windows(episodes, rng, args.batch_size, args.window, FIELDS)
+            pred = policy(*(torch.from_numpy(batch[f]) for f in FIELDS[:4]))
+            err = ((pred - torch.from_numpy(batch["label"])) / half_range) ** 2
             mask_t = torch.from_numpy(mask).unsqueeze(-1)
             loss = (err * mask_t).sum() / (mask_t.sum() * err.shape[-1])
             optimizer.zero_grad(set_to_none=True)
