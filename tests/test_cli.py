@@ -9,7 +9,7 @@ import pytest
 
 from policyrt.cli import main
 
-COMMANDS = [[], ["sim"], ["sim", "collect"], ["sim", "serve"], ["train"], ["train", "xlstm"], ["export"],
+COMMANDS = [[], ["sim"], ["sim", "collect"], ["sim", "serve"], ["train"], ["train", "xlstm"], ["train", "dt"], ["export"],
             ["info"], ["verify"], ["compare"], ["run"], ["bench"], ["demo"]]
 
 

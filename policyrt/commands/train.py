@@ -23,36 +23,52 @@ def _arg_docs(cls) -> dict[str, str]:
     return docs
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    from policyrt.policies.train_xlstm import TrainXLSTMArgs
+# kind -> (module in policyrt.policies, args dataclass, help, description)
+TRAINERS = {
+    "xlstm": ("train_xlstm", "TrainXLSTMArgs", "xLSTM policy, behaviour cloning on expert sequences",
+              "Behaviour cloning of the xLSTM policy (return-conditioned tokens)."),
+    "dt": ("train_dt", "TrainDTArgs", "Decision Transformer, return-conditioned, on K-step windows",
+           "Return-conditioned Decision Transformer training (left-padded K windows, expert action labels)."),
+}
 
+
+def _trainer(kind: str):
+    import importlib
+
+    module_name, args_name = TRAINERS[kind][:2]
+    module = importlib.import_module(f"policyrt.policies.{module_name}")
+    return module, getattr(module, args_name)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("train", help="train a policy on a dataset", description="Train a policy.")
     kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
-    x = kinds.add_parser(
-        "xlstm",
-        help="xLSTM policy, behaviour cloning on expert sequences",
-        description="Behaviour cloning of the xLSTM policy (return-conditioned tokens) with a progress bar. "
-        "Ctrl-C saves the weights reached so far; the checkpoint is also written every --save-every steps.",
-        epilog="example:\n  policyrt train xlstm --data data/pendulum --out checkpoints/pendulum-xlstm --steps 1500",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    docs = {k: v.replace("%", "%%") for k, v in _arg_docs(TrainXLSTMArgs).items()}  # argparse formats help with %
-    hints = typing.get_type_hints(TrainXLSTMArgs)
-    for f in dataclasses.fields(TrainXLSTMArgs):
-        flag = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
-        if f.default is dataclasses.MISSING:
-            x.add_argument(flag, dest=f.name, type=kind, required=True, help=docs.get(f.name))
-        else:
-            x.add_argument(flag, dest=f.name, type=kind, default=f.default, help=f"{docs.get(f.name, '')} (default {f.default})")
-    x.set_defaults(handler=handle)
+    for kind, (_, _, help_text, description) in TRAINERS.items():
+        _, args_class = _trainer(kind)
+        x = kinds.add_parser(
+            kind,
+            help=help_text,
+            description=description + " Progress bar with the loss; Ctrl-C saves the weights reached so far, "
+            "and the checkpoint is also written every --save-every steps.",
+            epilog=f"example:\n  policyrt train {kind} --data data/pendulum --out checkpoints/pendulum-{kind}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        docs = {k: v.replace("%", "%%") for k, v in _arg_docs(args_class).items()}  # argparse formats help with %
+        hints = typing.get_type_hints(args_class)
+        for f in dataclasses.fields(args_class):
+            flag = "--" + f.name.replace("_", "-")
+            if f.default is dataclasses.MISSING:
+                x.add_argument(flag, dest=f.name, type=hints[f.name], required=True, help=docs.get(f.name))
+            else:
+                x.add_argument(flag, dest=f.name, type=hints[f.name], default=f.default,
+                               help=f"{docs.get(f.name, '')} (default {f.default})")
+        x.set_defaults(handler=handle)
     return p
 
 
 def handle(args) -> int:
-    from policyrt.policies.train_xlstm import TrainXLSTMArgs, train
-
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainXLSTMArgs)}
+    module, args_class = _trainer(args.kind)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args_class)}
     values["data"], values["out"] = Path(values["data"]), Path(values["out"])
-    train(TrainXLSTMArgs(**values), command=args.command_line)
+    module.train(args_class(**values), command=args.command_line)
     return 0

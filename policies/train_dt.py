@@ -1,0 +1,131 @@
+"""Return-conditioned Decision Transformer training on expert sequences. Read top to bottom.
+
+Windows of K timesteps (left-padded at episode starts, as the policy sees them when deployed) carry
+(return-to-go / scale, normalized obs, applied action, timestep); the loss is the mean squared error
+of the action predicted at every state token against the expert's clean action, in units of the
+action half-range. This is the original DT objective with behaviour-cloning labels.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# Model inputs, then the label.
+FIELDS = ("obs", "action", "rtg", "timestep", "label")
+
+
+@dataclass(frozen=True)
+class TrainDTArgs:
+    data: Path
+    """Dataset directory written by `policyrt sim collect`."""
+    out: Path
+    """Checkpoint directory to write (config.json + model.safetensors)."""
+    steps: int = 1500
+    """Optimizer steps."""
+    batch_size: int = 32
+    """Windows per step."""
+    context: int = 20
+    """K: timesteps per window and in the deployed attention window."""
+    lr: float = 3e-4
+    """AdamW peak learning rate (linear warm-up over 100 steps, cosine decay to 10 percent)."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    seed: int = 0
+    """Seeds torch and numpy: the same seed and data give the same weights."""
+    hidden_size: int = 128
+    """Token width."""
+    n_layer: int = 3
+    """GPT-2 blocks."""
+    n_head: int = 1
+    """Attention heads."""
+    max_ep_len: int = 1000
+    """Timestep embedding table size."""
+    return_scale: float = 1000.0
+    """Return-to-go is divided by this in the token."""
+    threads: int = 1
+    """Torch intra-op threads (one is steady on a shared 2-core machine)."""
+    save_every: int = 250
+    """Write the checkpoint every this many steps, so an interrupted run leaves a usable one."""
+
+
+def train(args: TrainDTArgs, progress: bool = True, command: str | None = None) -> Path:
+    import torch
+    from tqdm import tqdm
+
+    from policyrt.sim.dataset import load_dataset
+
+    from .checkpoint import save_checkpoint
+    from .dt_config import DTPolicyConfig
+    from .dt_policy import DTPolicy
+    from .sequence_data import episode_arrays, sample_windows
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(args.seed)
+    dataset = load_dataset(args.data)
+    all_obs = np.concatenate([e.observations for e in dataset.episodes])
+    low, high = dataset.meta.get("action_low"), dataset.meta.get("action_high")
+    if low is None or high is None:
+        raise ValueError(f"{args.data}/dataset.json: action_low/action_high missing; recollect the dataset")
+    config = DTPolicyConfig(
+        obs_dim=dataset.obs_dim,
+        act_dim=dataset.act_dim,
+        action_low=tuple(low),
+        action_high=tuple(high),
+        obs_mean=tuple(float(v) for v in all_obs.mean(0)),
+        obs_std=tuple(float(v) for v in np.maximum(all_obs.std(0), 1e-3)),
+        hidden_size=args.hidden_size,
+        n_layer=args.n_layer,
+        n_head=args.n_head,
+        max_ep_len=args.max_ep_len,
+        context=args.context,
+        return_scale=args.return_scale,
+        target_return=float(dataset.returns().max()),
+    )
+    policy = DTPolicy(config)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(1.0, (s + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(s, args.steps) / args.steps))),
+    )
+    episodes = episode_arrays(dataset)
+    half_range = torch.tensor((np.array(high) - np.array(low)) / 2, dtype=torch.float32)
+    meta = {
+        "trained_with": {k: str(v) for k, v in vars(args).items()},
+        "dataset": dataset.meta,
+        "commands": [c for c in (dataset.meta.get("command"), command) if c],
+    }
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(policy, args.out, extra={**meta, "train_steps_done": step})
+
+    bar = tqdm(range(args.steps), desc="train dt", unit="step", disable=not progress)
+    step, started = 0, time.monotonic()
+    try:
+        for step in bar:
+            batch, mask = sample_windows(episodes, rng, args.batch_size, args.context, FIELDS, left_pad=True)
+            obs = policy.normalize_obs(torch.from_numpy(batch["obs"]))
+            rtg = torch.from_numpy(batch["rtg"] / args.return_scale).unsqueeze(-1)
+            timesteps = torch.from_numpy(np.minimum(batch["timestep"], args.max_ep_len - 1))
+            mask_t = torch.from_numpy(mask)
+            pred = policy(obs, torch.from_numpy(batch["action"]), rtg, timesteps, mask_t)
+            err = ((pred - torch.from_numpy(batch["label"])) / half_range) ** 2
+            loss = (err * mask_t.unsqueeze(-1)).sum() / (mask_t.sum() * err.shape[-1])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), 0.25)
+            optimizer.step()
+            schedule.step()
+            bar.set_postfix(loss=f"{loss.item():.2e}")
+            if (step + 1) % args.save_every == 0:
+                checkpoint(step + 1)
+        step = args.steps
+    except KeyboardInterrupt:
+        print(f"\ninterrupted at step {step}: saving the weights reached so far to {args.out}")
+    checkpoint(step)
+    print(f"trained {step} steps in {time.monotonic() - started:.0f} s -> {args.out}")
+    return Path(args.out)
