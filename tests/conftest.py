@@ -52,3 +52,26 @@ def tiny_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("bundles") / "tiny.policy"
     return export_bundle(tiny_checkpoint, out, command="pytest", progress=lambda *_: None)
+
+
+def tiny_dt_policy(seed: int = 0, obs_dim: int = 4, act_dim: int = 2, **overrides):
+    import torch
+
+    from policyrt.policies.dt_config import DTPolicyConfig
+    from policyrt.policies.dt_policy import DTPolicy
+
+    torch.manual_seed(seed)
+    settings = dict(obs_dim=obs_dim, act_dim=act_dim, action_low=(-2.0,) * act_dim, action_high=(1.0,) * act_dim,
+                    hidden_size=32, n_layer=2, n_head=2, context=5, max_ep_len=64, return_scale=10.0, target_return=50.0)
+    settings.update(overrides)
+    return DTPolicy(DTPolicyConfig(**settings)).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_dt_bundle(tmp_path_factory) -> Path:
+    from policyrt.export.bundle_export import export_policy
+
+    policy = tiny_dt_policy()
+    doc = {"kind": "dt", "config": policy.config.to_dict(), "commands": ["(test fixture: random weights)"]}
+    out = tmp_path_factory.mktemp("bundles") / "tiny-dt.policy"
+    return export_policy(policy, doc, Path("random"), out, progress=lambda *_: None)
