@@ -108,31 +108,40 @@ def export_policy(policy, doc: dict, source: Path, out: Path, name: str | None =
         write_manifest(work, manifest)
         backend = make_backend(open_bundle(work), "onnxruntime", inputs["obs"].shape[1])
         state_errors = {s.name: 0.0 for s in step.specs}
+        # States are judged relative to their own size: fp32 carries ~7 digits, and some states grow
+        # with the episode (an sLSTM's c and n reach hundreds with forget gates near 1: one ulp of 256
+        # is 3e-5). Error / max(1, max |reference|) per tensor and step: absolute for O(1) states.
+        state_scaled = {s.name: 0.0 for s in step.specs}
 
         def check_state(t, be):
             current = be.state()
             for key in state_errors:
-                state_errors[key] = max(state_errors[key], float(np.abs(current[key] - ref_states[t][key]).max()))
+                want = ref_states[t][key]
+                err = float(np.abs(current[key] - want).max())
+                state_errors[key] = max(state_errors[key], err)
+                state_scaled[key] = max(state_scaled[key], err / max(1.0, float(np.abs(want).max())))
 
         actions = replay(backend, inputs, on_step=check_state)
         backend.close()
         action_err = compare("action", actions, ref_actions, tolerance)
-        worst_state = max(state_errors, key=state_errors.get)
+        worst_state = max(state_scaled, key=state_scaled.get)
         results = {
             "onnxruntime": {
                 "action_max_abs": action_err.max_abs,
                 "action_max_rel": action_err.max_rel,
-                "state_max_abs": state_errors[worst_state],
+                "state_max_abs": max(state_errors.values()),
                 "state_max_abs_by_tensor": state_errors,
-                "checked": "actions and every state tensor at every step",
+                "state_max_scaled": state_scaled[worst_state],
+                "state_max_scaled_by_tensor": state_scaled,
+                "checked": "actions (max abs) and every state tensor (max abs / max(1, max |reference|)) at every step",
             }
         }
-        progress(f"parity: action max abs {action_err.max_abs:.2e}, state max abs {state_errors[worst_state]:.2e} ({worst_state})")
-        if not action_err.ok() or state_errors[worst_state] > tolerance:
+        progress(f"parity: action max abs {action_err.max_abs:.2e}, state max scaled {state_scaled[worst_state]:.2e} ({worst_state})")
+        if not action_err.ok() or state_scaled[worst_state] > tolerance:
             raise ExportError(
                 f"ONNX Runtime does not reproduce the PyTorch step form within {tolerance:g}: "
                 f"action {action_err.max_abs:.2e} (first over at step {action_err.first_step_over}), "
-                f"state {worst_state} {state_errors[worst_state]:.2e}; nothing was written to {out}"
+                f"state {worst_state} {state_scaled[worst_state]:.2e} (scaled by its size); nothing was written to {out}"
             )
         doc_out = parity_document(inputs, ref_actions, ref_states[-1], tolerance, results)
         (work / "parity.json").write_text(json.dumps(doc_out) + "\n")
