@@ -11,6 +11,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_BUNDLE = ROOT / "bundles" / "inverted-pendulum-xlstm.policy"
+SHIPPED_DT_BUNDLE = ROOT / "bundles" / "inverted-pendulum-dt.policy"
 
 
 def tiny_policy(seed: int = 0, obs_dim: int = 4, act_dim: int = 2, **overrides):

@@ -1,13 +1,14 @@
-"""The shipped pendulum bundle: intact, verified, and balancing in closed loop across two processes."""
+"""The shipped pendulum bundles (xLSTM, DT): intact, verified, and balancing in closed loop across two processes."""
 
 from __future__ import annotations
 
 import pytest
-from conftest import SHIPPED_BUNDLE
+from conftest import SHIPPED_BUNDLE, SHIPPED_DT_BUNDLE
 
-pytestmark = pytest.mark.skipif(not SHIPPED_BUNDLE.exists(), reason="shipped bundle not built yet")
+needs_xlstm_bundle = pytest.mark.skipif(not SHIPPED_BUNDLE.exists(), reason="shipped bundle not built yet")
 
 
+@needs_xlstm_bundle
 def test_shipped_bundle_opens_and_passes_verify():
     from policyrt.bundle import open_bundle
     from policyrt.runtime.verify import verify_backend
@@ -24,6 +25,7 @@ def test_shipped_bundle_opens_and_passes_verify():
 
 
 @pytest.mark.slow
+@needs_xlstm_bundle
 def test_demo_balances_every_episode_over_ipc():
     from policyrt.commands._procs import closed_loop
 
@@ -35,9 +37,32 @@ def test_demo_balances_every_episode_over_ipc():
 
 
 @pytest.mark.slow
+@needs_xlstm_bundle
 def test_demo_command_runs_end_to_end(capsys):
     from policyrt.cli import main
 
     assert main(["demo", "--episodes", "1", "--seed", "3"]) == 0
     out = capsys.readouterr().out
     assert "policy matches the expert" in out and "infer" in out
+
+
+@pytest.mark.skipif(not SHIPPED_DT_BUNDLE.exists(), reason="shipped DT bundle not built yet")
+def test_shipped_dt_bundle_is_the_benchmark_config_and_verifies():
+    from policyrt.bundle import open_bundle
+    from policyrt.runtime.verify import verify_backend
+
+    bundle = open_bundle(SHIPPED_DT_BUNDLE)
+    cfg = bundle.manifest.raw["policy"]["config"]
+    assert (cfg["n_layer"], cfg["hidden_size"], cfg["n_head"], cfg["context"]) == (3, 128, 1, 20)
+    assert [c.split()[1] for c in bundle.manifest.raw["provenance"]["commands"]] == ["sim", "train", "export"]
+    assert verify_backend(bundle, "onnxruntime").ok
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHIPPED_DT_BUNDLE.exists(), reason="shipped DT bundle not built yet")
+def test_dt_bundle_balances_in_closed_loop_over_ipc():
+    from policyrt.commands._procs import closed_loop
+
+    server, controller = closed_loop(str(SHIPPED_DT_BUNDLE), "InvertedPendulum-v5", episodes=1, seed=5)
+    assert [e["episode_return"] for e in server["episodes"]] == [1000.0]
+    assert controller["timing"]["infer"]["n"] == 1000
