@@ -46,8 +46,9 @@ def _frozen(tensor: torch.Tensor) -> nn.Parameter:
     return nn.Parameter(tensor.detach().clone().contiguous(), requires_grad=False)
 
 
-def _layer_norm(x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    return F.layer_norm(x, (x.shape[-1],), weight, None, LAYER_NORM_EPS)
+def _layer_norm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    # The normalized size from the weight (a constant in the trace), not from x (a Shape op in the graph).
+    return F.layer_norm(x, (int(weight.shape[0]),), weight, None, LAYER_NORM_EPS)
 
 
 class FeedForwardStep(nn.Module):

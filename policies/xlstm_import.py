@@ -1,0 +1,512 @@
+"""Import an `xlstm` package `xLSTMBlockStack` with its input and output projections (`--from xlstm-stack`).
+
+The source format is defined in docs/BUNDLE.md ("Importing", "xlstm-stack"): a directory with
+`config.json` (the stack's `xLSTMBlockStackConfig` as a dict under "stack", plus dims, the input
+features the input projection reads, the output squash and bounds) and `model.safetensors`
+(`backbone.*` = the stack's state_dict, `input_proj.*`, `output_proj.*`).
+
+The stack maps onto `XLSTMPolicy` one to one: `XLSTMPolicyConfig.stack_config()` must rebuild the
+source's stack config field for field, except fields listed in IGNORED_FIELDS (training, precision and
+backend settings that do not change what a float32 step computes) — anything else it cannot carry is
+refused, naming the field. The input projection becomes the policy's token embedding (columns of
+features the source does not read are zero), the output projection its head. sLSTM weights trained
+with the CUDA backend are converted through the package's external format.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .importers import ImportRefused
+
+FORMAT = 1
+FEATURES = ("obs", "prev_action", "reward", "return_to_go")  # the policy's token order
+SOURCE_FIELDS = (
+    "format", "stack", "obs_dim", "act_dim", "inputs", "action_squash", "action_low", "action_high",
+    "obs_mean", "obs_std", "return_scale", "target_return", "input_bias", "output_bias",
+)
+OPTIONS = ("return_scale", "target_return", "obs_mean", "obs_std", "action_low", "action_high")
+
+_PRECISION = "training precision/kernel setting: the step runs in float32 (the vanilla backend's formulation)"
+# Leaf names of the package's config dataclasses whose value does not change what the float32 step
+# computes, with the reason recorded in the manifest when the source's value differs from policyrt's.
+IGNORED_FIELDS = {
+    "backend": "sLSTM backend: weights are converted to the vanilla layout, the step form reads the external format",
+    "dropout": "identity at inference",
+    "bias_init": "initialization only",
+    "recurrent_weight_init": "initialization only",
+    "gradient_recurrent_cut": "gradient only",
+    "gradient_recurrent_clipval": "gradient only (vanilla backend); refused for CUDA-trained cells",
+    "forward_clipval": "read by neither backend in xlstm 2.0.6",
+    "batch_size": "CUDA kernel compile-time hint",
+    "internal_input_shape": "backend-internal input layout",
+    "enable_automatic_mixed_precision": _PRECISION,
+    **{name: _PRECISION for name in ("dtype", "dtype_b", "dtype_r", "dtype_w", "dtype_g", "dtype_s", "dtype_a")},
+    "_block_idx": "derived per block by the package",
+    "_num_blocks": "derived from num_blocks by the package",
+}
+
+
+# --- the source config ---------------------------------------------------------------------------
+
+def read_source(path: Path) -> tuple[dict, Path]:
+    path = Path(path)
+    config_file = path / "config.json"
+    for name in ("config.json", "model.safetensors"):
+        if not (path / name).is_file():
+            raise ImportRefused(f"{path}: no {name} (an xlstm-stack source is a directory with config.json and model.safetensors)")
+    source = json.loads(config_file.read_text())
+    unknown = sorted(set(source) - set(SOURCE_FIELDS))
+    if unknown:
+        raise ImportRefused(f"{config_file}: unknown field(s) {', '.join(unknown)} (known: {', '.join(SOURCE_FIELDS)})")
+    if source.get("format", FORMAT) != FORMAT:
+        raise ImportRefused(f"{config_file}: format {source['format']!r} is not supported (this version reads {FORMAT})")
+    for name in ("stack", "obs_dim", "act_dim", "inputs", "action_squash"):
+        if source.get(name) is None:
+            raise ImportRefused(f"{config_file}: field {name!r} is missing")
+    inputs = source["inputs"]
+    if not isinstance(inputs, list) or not inputs or len(set(inputs)) != len(inputs) or set(inputs) - set(FEATURES):
+        raise ImportRefused(f"{config_file}: field 'inputs' must list distinct features out of {FEATURES}, got {inputs!r}")
+    if source["action_squash"] not in ("tanh", "none"):
+        raise ImportRefused(f"{config_file}: field 'action_squash' must be 'tanh' or 'none', got {source['action_squash']!r}")
+    return source, config_file
+
+
+def stack_config_from_dict(data: dict, where: str = "stack"):
+    """`xLSTMBlockStackConfig` from a dict (its `dataclasses.asdict`, or hand-written like the package's
+    YAML examples), strictly: unknown fields are refused. Fields the package derives (leading underscore)
+    are recomputed by it; what they describe is checked against the weights' shapes."""
+    from xlstm import (
+        FeedForwardConfig,
+        mLSTMBlockConfig,
+        mLSTMLayerConfig,
+        sLSTMBlockConfig,
+        sLSTMLayerConfig,
+        xLSTMBlockStackConfig,
+    )
+
+    nested = {
+        (xLSTMBlockStackConfig, "mlstm_block"): mLSTMBlockConfig,
+        (xLSTMBlockStackConfig, "slstm_block"): sLSTMBlockConfig,
+        (mLSTMBlockConfig, "mlstm"): mLSTMLayerConfig,
+        (sLSTMBlockConfig, "slstm"): sLSTMLayerConfig,
+        (sLSTMBlockConfig, "feedforward"): FeedForwardConfig,
+    }
+
+    def build(cls, values, path):
+        if not isinstance(values, dict):
+            raise ImportRefused(f"config.json: {path} must be an object, got {values!r}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ImportRefused(
+                f"config.json: unknown field(s) {', '.join(f'{path}.{u}' for u in unknown)} "
+                f"(xlstm's {cls.__name__} has no such field)"
+            )
+        kwargs = {}
+        for key, value in values.items():
+            sub = nested.get((cls, key))
+            kwargs[key] = build(sub, value, f"{path}.{key}") if sub is not None and value is not None else value
+        try:
+            return cls(**kwargs)
+        except (AssertionError, TypeError, ValueError) as err:
+            raise ImportRefused(f"config.json: {path} is not a valid {cls.__name__}: {err}") from err
+
+    return build(xLSTMBlockStackConfig, data, where)
+
+
+def _diff(ours, theirs, path: str, out: list):
+    """Leaf paths where two asdict() trees differ."""
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        for key in sorted(set(ours) | set(theirs)):
+            _diff(ours.get(key), theirs.get(key), f"{path}.{key}", out)
+    elif _normal(ours) != _normal(theirs):
+        out.append((path, theirs, ours))
+
+
+def _normal(value):
+    if isinstance(value, (list, tuple)):
+        return [_normal(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _resolve(name: str, from_source, from_option, config_file: Path):
+    """A value given in config.json and/or on the command line: both must agree. -> (value, origin)."""
+    flag = "--" + name.replace("_", "-")
+    if from_option is not None and from_source is not None:
+        a, b = np.asarray(from_source, np.float64), np.asarray(from_option, np.float64)
+        if a.shape != b.shape or not np.allclose(a, b, rtol=1e-6, atol=1e-9):
+            raise ImportRefused(f"{name}: {config_file} says {from_source!r}, {flag} says {list(np.atleast_1d(b))}; give one")
+    if from_source is not None:
+        return from_source, "config.json"
+    if from_option is not None:
+        return from_option, flag
+    return None, None
+
+
+# --- the import ----------------------------------------------------------------------------------
+
+def import_xlstm_stack(path: Path, options: dict):
+    """-> (XLSTMPolicy in eval mode, provenance document with the import assumptions)."""
+    from safetensors.torch import load_file
+
+    from .xlstm_config import FeedForwardSpec, SLSTMBlockSpec, XLSTMPolicyConfig
+    from .xlstm_policy import XLSTMPolicy
+
+    path = Path(path)
+    for key, value in options.items():
+        if key not in OPTIONS and value is not None:
+            raise ImportRefused(f"--{key.replace('_', '-')} does not apply to --from xlstm-stack (an xLSTM has no context window)"
+                                if key == "context" else f"--{key.replace('_', '-')} does not apply to --from xlstm-stack")
+    source, config_file = read_source(path)
+    obs_dim, act_dim, inputs = int(source["obs_dim"]), int(source["act_dim"]), list(source["inputs"])
+    stack = stack_config_from_dict(source["stack"])
+    slstm_cfg = stack.slstm_block.slstm if stack.slstm_block is not None and stack.slstm_at else None
+    backend = slstm_cfg.backend if slstm_cfg is not None else None
+    if backend is not None and backend not in ("vanilla", "cuda"):
+        raise ImportRefused(f"config.json: stack.slstm_block.slstm.backend {backend!r} is not 'vanilla' or 'cuda'")
+    if backend == "cuda" and slstm_cfg.gradient_recurrent_clipval is not None:
+        raise ImportRefused(
+            "config.json: stack.slstm_block.slstm.gradient_recurrent_clipval is set with backend 'cuda': the CUDA "
+            "kernel build also clips the forward output at that value (xlstm/blocks/slstm/cell.py, "
+            "sLSTMCellConfig.defines), which the step export does not reproduce"
+        )
+
+    assumed = {}
+    values = {}
+    for name in OPTIONS:
+        values[name], origin = _resolve(name, source.get(name), options.get(name), config_file)
+        if origin is not None:
+            assumed[f"{name}_from"] = origin
+    mean, std = values["obs_mean"], values["obs_std"]
+    if (mean is None) != (std is None):
+        raise ImportRefused(f"{'obs_std' if std is None else 'obs_mean'} is missing: give obs_mean and obs_std together")
+    if mean is None:
+        assumed["observation_normalization"] = "none given: the input projection reads observations as they are"
+    low, high = values["action_low"], values["action_high"]
+    if low is None or high is None:
+        raise ImportRefused(
+            f"action_low/action_high are required ({config_file} or --action-low/--action-high): "
+            + ("the tanh output is scaled into them" if source["action_squash"] == "tanh"
+               else "the controller clips to them and the bundle records them")
+        )
+    rtg_read = "return_to_go" in inputs
+    for name in ("return_scale", "target_return"):
+        if rtg_read and values[name] is None:
+            raise ImportRefused(f"{name} is required ({config_file} or --{name.replace('_', '-')}): the input projection reads return_to_go")
+    if not rtg_read:
+        assumed["return_to_go"] = "not read by the input projection: return_scale and target_return have no effect"
+
+    mlstm = stack.mlstm_block.mlstm if stack.mlstm_block is not None else None
+    ffn = stack.slstm_block.feedforward if slstm_cfg is not None else None
+    try:
+        config = XLSTMPolicyConfig(
+            obs_dim=obs_dim,
+            act_dim=act_dim,
+            action_low=tuple(float(v) for v in low),
+            action_high=tuple(float(v) for v in high),
+            obs_mean=() if mean is None else tuple(float(v) for v in mean),
+            obs_std=() if std is None else tuple(float(v) for v in std),
+            embedding_dim=stack.embedding_dim,
+            num_blocks=stack.num_blocks,
+            slstm_at=tuple(stack.slstm_at),
+            context_length=stack.context_length,
+            add_post_blocks_norm=stack.add_post_blocks_norm,
+            proj_bias=stack.bias,
+            **({} if mlstm is None else dict(
+                num_heads=mlstm.num_heads,
+                conv1d_kernel_size=mlstm.conv1d_kernel_size,
+                proj_factor=mlstm.proj_factor,
+                qkv_proj_blocksize=mlstm.qkv_proj_blocksize,
+                round_proj_up_dim_up=mlstm.round_proj_up_dim_up,
+                round_proj_up_to_multiple_of=mlstm.round_proj_up_to_multiple_of,
+            )),
+            slstm_block=None if slstm_cfg is None else SLSTMBlockSpec(
+                num_heads=slstm_cfg.num_heads,
+                conv1d_kernel_size=slstm_cfg.conv1d_kernel_size,
+                group_norm_weight=slstm_cfg.group_norm_weight,
+                feedforward=None if ffn is None else FeedForwardSpec(
+                    proj_factor=ffn.proj_factor,
+                    act_fn=ffn.act_fn,
+                    bias=ffn.bias,
+                    round_proj_up_dim_up=ffn.round_proj_up_dim_up,
+                    round_proj_up_to_multiple_of=ffn.round_proj_up_to_multiple_of,
+                ),
+            ),
+            return_scale=float(values["return_scale"]) if rtg_read else 1.0,
+            target_return=float(values["target_return"]) if rtg_read else 0.0,
+            action_squash=source["action_squash"],
+        )
+    except ValueError as err:
+        raise ImportRefused(f"{config_file}: {err}") from err
+    ignored = _check_stack_round_trip(stack, config)
+
+    weights = load_file(str(path / "model.safetensors"))
+    try:
+        policy = XLSTMPolicy(config)
+    except (AssertionError, ValueError, RuntimeError) as err:
+        raise ImportRefused(f"{config_file}: the xlstm package refuses this stack: {err}") from err
+    converted, dtypes = _load_weights(policy, weights, source, backend, inputs, path / "model.safetensors")
+    policy.load_state_dict(converted, strict=True)
+    if dtypes:
+        assumed["weights_dtype"] = f"{', '.join(sorted(dtypes))} in the source, computed in float32"
+    if "prev_action" in inputs:
+        assumed["prev_action"] = "read in action units; folded into the embedding with the action bounds"
+    doc = {
+        "kind": "xlstm",
+        "config": config.to_dict(),
+        "import": {
+            "from": "xlstm-stack",
+            "source": str(path),
+            "inputs": inputs,
+            "action_squash": config.action_squash,
+            "return_scale": config.return_scale,
+            "target_return": config.target_return,
+            "slstm_backend": backend,
+            "slstm_layout": None if backend is None else (
+                "vanilla (as stored)" if backend == "vanilla" else
+                "cuda -> external (sLSTMCell_cuda int2ext) -> vanilla (sLSTMCell_vanilla ext2int)"
+            ),
+            "ignored_config": ignored,
+            "assumed": assumed,
+        },
+        "commands": [],
+    }
+    return policy.eval(), doc
+
+
+def _check_stack_round_trip(stack, config) -> dict:
+    """policyrt's stack_config() must rebuild the source's stack; returns the ignored differences."""
+    ours = dataclasses.asdict(config.stack_config())
+    theirs = dataclasses.asdict(stack)
+    # A sub-config no block uses (mlstm_block of an all-sLSTM stack, slstm_block without sLSTM blocks)
+    # builds no parameters: it is not part of the policy.
+    ignored = {}
+    for key, used in (("mlstm_block", len(stack.slstm_at) < stack.num_blocks), ("slstm_block", bool(stack.slstm_at))):
+        if not used:
+            if theirs.get(key) is not None:
+                ignored[f"stack.{key}"] = {"value": "(config)", "reason": "no block of the stack uses it"}
+            ours.pop(key, None)
+            theirs.pop(key, None)
+    differences = []
+    _diff(ours, theirs, "stack", differences)
+    refused = []
+    for field_path, value, rebuilt in differences:
+        reason = IGNORED_FIELDS.get(field_path.rsplit(".", 1)[-1])
+        if reason is None:
+            refused.append(f"{field_path}={value!r} (policyrt would build {rebuilt!r})")
+        else:
+            ignored[field_path] = {"value": value, "reason": reason}
+    if refused:
+        raise ImportRefused("config.json: field(s) the xLSTM policy cannot represent: " + "; ".join(refused))
+    return ignored
+
+
+# --- weights -------------------------------------------------------------------------------------
+
+def cuda_layout_cell(vanilla_cell):
+    """The CUDA backend's cell for the same config, without its kernel (the package's own option for
+    converting between backends: `sLSTMCell_cuda(config, skip_backend_init=True)`), for its layout
+    functions `_recurrent_kernel_int2ext` / `_bias_int2ext` (xlstm/blocks/slstm/cell.py)."""
+    from xlstm.blocks.slstm.cell import sLSTMCell_cuda
+
+    config = copy.deepcopy(vanilla_cell.config)
+    config.backend = "cuda"
+    return sLSTMCell_cuda(config, skip_backend_init=True)
+
+
+def slstm_cuda_to_vanilla(vanilla_cell, cuda_cell, kernel, bias):
+    """CUDA-internal recurrent kernel and bias -> the package's external format -> vanilla-internal."""
+    return (
+        vanilla_cell._recurrent_kernel_ext2int(cuda_cell._recurrent_kernel_int2ext(kernel)).contiguous(),
+        vanilla_cell._bias_ext2int(cuda_cell._bias_int2ext(bias)).contiguous(),
+    )
+
+
+def _source_layout(policy, backend: str | None) -> tuple[dict, dict]:
+    """Expected source shapes of the backbone keys, and per CUDA-layout sLSTM cell prefix its cells."""
+    expected = {f"backbone.{k}": tuple(v.shape) for k, v in policy.backbone.state_dict().items()}
+    cells = {}
+    for i, block in enumerate(policy.backbone.blocks):
+        if block.config.slstm is None:
+            continue
+        prefix = f"backbone.blocks.{i}.xlstm.slstm_cell."
+        vanilla = block.xlstm.slstm_cell
+        cuda = cuda_layout_cell(vanilla)
+        cells[prefix] = (vanilla, cuda)
+        if backend == "cuda":
+            expected[prefix + "_recurrent_kernel_"] = tuple(cuda._recurrent_kernel_.shape)
+            expected[prefix + "_bias_"] = tuple(cuda._bias_.shape)
+    return expected, cells
+
+
+def _load_weights(policy, weights: dict, source: dict, backend, inputs: list, where: Path):
+    """Source tensors -> the policy's state_dict: strict key and shape checks, CUDA layout converted."""
+    import torch
+
+    config = policy.config
+    widths = {"obs": config.obs_dim, "prev_action": config.act_dim, "reward": 1, "return_to_go": 1}
+    in_dim = sum(widths[f] for f in inputs)
+    expected, cells = _source_layout(policy, backend)
+    expected["input_proj.weight"] = (config.embedding_dim, in_dim)
+    expected["output_proj.weight"] = (config.act_dim, config.embedding_dim)
+    if source.get("input_bias", True):
+        expected["input_proj.bias"] = (config.embedding_dim,)
+    if source.get("output_bias", True):
+        expected["output_proj.bias"] = (config.act_dim,)
+    missing = sorted(set(expected) - set(weights))
+    unused = sorted(set(weights) - set(expected))
+    problems = []
+    if missing:
+        problems.append(f"missing {missing}")
+    if unused:
+        problems.append(f"unused {unused}")
+    for key in sorted(set(expected) & set(weights)):
+        got, want = tuple(weights[key].shape), expected[key]
+        if got != want:
+            note = ""
+            if key.endswith("_recurrent_kernel_"):
+                vanilla, cuda = cells[key[: -len("_recurrent_kernel_")]]
+                other = {"vanilla": tuple(cuda._recurrent_kernel_.shape), "cuda": tuple(vanilla._recurrent_kernel_.shape)}
+                if got == other.get(backend or "vanilla"):
+                    trained = "cuda" if backend in (None, "vanilla") else "vanilla"
+                    note = (f" — that is the {trained} backend's layout: set stack.slstm_block.slstm.backend "
+                            "to the backend the weights were trained with")
+            problems.append(f"{key} has shape {list(got)} in the checkpoint, the config implies {list(want)}{note}")
+    if problems:
+        raise ImportRefused(f"{where}: parameters do not match config.json: " + "; ".join(problems))
+
+    dtypes = {str(v.dtype).removeprefix("torch.") for v in weights.values() if v.dtype != torch.float32}
+    weights = {k: v.to(torch.float32) for k, v in weights.items()}
+    state = {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")}
+    if backend == "cuda":
+        for prefix, (vanilla, cuda) in cells.items():
+            p = prefix.removeprefix("backbone.")
+            state[p + "_recurrent_kernel_"], state[p + "_bias_"] = slstm_cuda_to_vanilla(
+                vanilla, cuda, state[p + "_recurrent_kernel_"], state[p + "_bias_"]
+            )
+    out = {f"backbone.{k}": v for k, v in state.items()}
+
+    # Input projection -> token embedding. The policy's token is [(obs - mean) / std, (prev_action -
+    # center) / half_range, reward, rtg / return_scale]; the source reads obs normalized the same way
+    # (or raw when no statistics are given), prev_action in action units: a = center + half * a_norm,
+    # so its columns are scaled by half and W @ center moves into the bias. Unread features: zero columns.
+    w_in = weights["input_proj.weight"]
+    b_in = weights.get("input_proj.bias", torch.zeros(config.embedding_dim))
+    low = torch.tensor(config.action_low, dtype=torch.float64)
+    high = torch.tensor(config.action_high, dtype=torch.float64)
+    embed_w = torch.zeros(config.embedding_dim, config.token_dim, dtype=torch.float64)
+    embed_b = b_in.to(torch.float64).clone()
+    offsets = {"obs": 0, "prev_action": config.obs_dim, "reward": config.obs_dim + config.act_dim,
+               "return_to_go": config.obs_dim + config.act_dim + 1}
+    col = 0
+    for feature in inputs:
+        width = widths[feature]
+        block = w_in[:, col : col + width].to(torch.float64)
+        if feature == "prev_action":
+            embed_b += block @ ((high + low) / 2)
+            block = block * ((high - low) / 2)
+        embed_w[:, offsets[feature] : offsets[feature] + width] = block
+        col += width
+    out["embed.weight"] = embed_w.to(torch.float32)
+    out["embed.bias"] = embed_b.to(torch.float32)
+    out["head.weight"] = weights["output_proj.weight"]
+    out["head.bias"] = weights.get("output_proj.bias", torch.zeros(config.act_dim))
+    return out, dtypes
+
+
+# --- the original model, for `policyrt compare` and the tests -------------------------------------
+
+class PackageStackReference:
+    """The source model itself: input projection -> the package's `xLSTMBlockStack.step` -> output
+    projection (-> tanh into the bounds). Batch 1, numpy in and out; `reset` starts a fresh package
+    state, as `reset(target_return)` / `act(obs, reward, prev_action)` of policies/references.py."""
+
+    def __init__(self, stack, input_proj, output_proj, inputs, obs_mean=None, obs_std=None,
+                 action_low=None, action_high=None, action_squash="tanh", return_scale=1.0):
+        import torch
+
+        self.stack, self.input_proj, self.output_proj = stack.eval(), input_proj.eval(), output_proj.eval()
+        self.inputs = list(inputs)
+        self.obs_mean = None if obs_mean is None else np.asarray(obs_mean, np.float32)
+        self.obs_std = None if obs_std is None else np.asarray(obs_std, np.float32)
+        self.low = None if action_low is None else torch.tensor(action_low, dtype=torch.float32)
+        self.high = None if action_high is None else torch.tensor(action_high, dtype=torch.float32)
+        self.squash, self.return_scale = action_squash, float(return_scale)
+        self.state, self.rtg = None, 0.0
+
+    def reset(self, target_return: float) -> None:
+        self.state, self.rtg = None, float(target_return)
+
+    def act(self, obs, reward, prev_action) -> np.ndarray:
+        import torch as t
+
+        first = self.state is None
+        reward = 0.0 if first else float(reward)
+        self.rtg -= reward
+        obs = np.asarray(obs, np.float32)
+        if self.obs_mean is not None:
+            obs = (obs - self.obs_mean) / self.obs_std
+        features = {
+            "obs": obs,
+            "prev_action": np.zeros_like(prev_action, np.float32) if first else np.asarray(prev_action, np.float32),
+            "reward": np.array([reward], np.float32),
+            "return_to_go": np.array([self.rtg / self.return_scale], np.float32),
+        }
+        x = t.from_numpy(np.concatenate([features[f] for f in self.inputs]).astype(np.float32))[None, None]
+        with t.no_grad():
+            y, self.state = self.stack.step(self.input_proj(x), self.state)
+            out = self.output_proj(y[0, 0])
+            if self.squash == "tanh":
+                out = (self.high + self.low) / 2 + (self.high - self.low) / 2 * t.tanh(out)
+        return out.numpy()
+
+
+def package_reference(source: Path, manifest) -> PackageStackReference:
+    """The xlstm-stack source at `source` as the package runs it, with the normalization, bounds and
+    return scale the bundle's manifest records (they may have come from the command line)."""
+    import torch
+    from safetensors.torch import load_file
+    from torch import nn
+    from xlstm import xLSTMBlockStack
+
+    source_doc, _ = read_source(Path(source))
+    config = manifest.raw["policy"]["config"]
+    stack_cfg = stack_config_from_dict(source_doc["stack"])
+    backend = None
+    if stack_cfg.slstm_block is not None and stack_cfg.slstm_at:
+        backend = stack_cfg.slstm_block.slstm.backend
+        stack_cfg = copy.deepcopy(stack_cfg)
+        stack_cfg.slstm_block.slstm.backend = "vanilla"  # the only backend that runs here
+    stack = xLSTMBlockStack(stack_cfg)
+    weights = {k: v.to(torch.float32) for k, v in load_file(str(Path(source) / "model.safetensors")).items()}
+    state = {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")}
+    if backend == "cuda":
+        for i, block in enumerate(stack.blocks):
+            if block.config.slstm is not None:
+                p = f"blocks.{i}.xlstm.slstm_cell."
+                cell = block.xlstm.slstm_cell
+                state[p + "_recurrent_kernel_"], state[p + "_bias_"] = slstm_cuda_to_vanilla(
+                    cell, cuda_layout_cell(cell), state[p + "_recurrent_kernel_"], state[p + "_bias_"]
+                )
+    stack.load_state_dict(state, strict=True)
+
+    def linear(prefix):
+        w = weights[f"{prefix}.weight"]
+        layer = nn.Linear(w.shape[1], w.shape[0], bias=f"{prefix}.bias" in weights)
+        layer.load_state_dict({k.removeprefix(prefix + "."): v for k, v in weights.items() if k.startswith(prefix + ".")})
+        return layer
+
+    return PackageStackReference(
+        stack, linear("input_proj"), linear("output_proj"), source_doc["inputs"],
+        obs_mean=config.get("obs_mean") or None, obs_std=config.get("obs_std") or None,
+        action_low=config["action_low"], action_high=config["action_high"],
+        action_squash=config.get("action_squash", "tanh"), return_scale=config.get("return_scale", 1.0),
+    )
