@@ -86,7 +86,7 @@ def plot(report: dict, path: Path) -> None:
     left.plot([p["context"] for p in dt], [p["p50_us"] for p in dt], "o-", label="p50")
     left.plot([p["context"] for p in dt], [p["p99_us"] for p in dt], "o--", alpha=0.6, label="p99")
     left.set_xlabel("DT context K (timesteps recomputed per step)")
-    left.set_ylabel("microseconds per step (batch 1, ONNX Runtime)")
+    left.set_ylabel("us per step (batch 1, ORT)")
     left.set_title("Decision Transformer")
     left.legend()
     xl = report["xlstm"]
