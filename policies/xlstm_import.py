@@ -197,6 +197,10 @@ def import_xlstm_stack(path: Path, options: dict):
             + ("the tanh output is scaled into them" if source["action_squash"] == "tanh"
                else "the controller clips to them and the bundle records them")
         )
+    if len(low) == len(high) and any(float(h) <= float(lo) for lo, h in zip(low, high)):
+        raise ImportRefused(f"action_low/action_high: every high must exceed its low, got {list(low)} / {list(high)}")
+    if std is not None and any(float(v) <= 0.0 for v in std):
+        raise ImportRefused("obs_std: every entry must be positive (observations are divided by it)")
     rtg_read = "return_to_go" in inputs
     for name in ("return_scale", "target_return"):
         if rtg_read and values[name] is None:
@@ -251,8 +255,8 @@ def import_xlstm_stack(path: Path, options: dict):
     weights = load_file(str(path / "model.safetensors"))
     try:
         policy = XLSTMPolicy(config)
-    except (AssertionError, ValueError, RuntimeError) as err:
-        raise ImportRefused(f"{config_file}: the xlstm package refuses this stack: {err}") from err
+    except (AssertionError, AttributeError, RuntimeError, TypeError, ValueError) as err:
+        raise ImportRefused(f"{config_file}: the xlstm package cannot build this stack: {err!r}") from err
     converted, dtypes = _load_weights(policy, weights, source, backend, inputs, path / "model.safetensors")
     policy.load_state_dict(converted, strict=True)
     if dtypes:

@@ -434,6 +434,18 @@ def test_bounds_and_return_scale_that_cannot_be_inferred_are_named(mixed_source)
     assert doc["import"]["assumed"]["return_scale_from"] == "--return-scale"
 
 
+def test_degenerate_bounds_and_statistics_are_refused(mixed_source):
+    _edit_config(mixed_source, lambda d: d.update(action_low=[-2.0, 3.0], action_high=[1.0, 3.0]))
+    assert "every high must exceed its low" in _refused(mixed_source)
+    _edit_config(mixed_source, lambda d: d.update(action_low=[-2.0, -1.0], obs_std=[1.0, 0.0, 1.0, 1.0]))
+    assert "obs_std" in _refused(mixed_source)
+
+
+def test_a_stack_the_package_cannot_build_is_refused(mixed_source):
+    _edit_config(mixed_source, lambda d: d["stack"]["mlstm_block"]["mlstm"].update(conv1d_kernel_size=0))
+    assert "the xlstm package cannot build this stack" in _refused(mixed_source)
+
+
 def test_option_that_contradicts_config_is_refused(mixed_source):
     assert "--return-scale" in _refused(mixed_source, {"return_scale": 1000.0})
     assert "--context" in _refused(mixed_source, {"context": 20})
