@@ -46,9 +46,9 @@ def _frozen(tensor: torch.Tensor) -> nn.Parameter:
     return nn.Parameter(tensor.detach().clone().contiguous(), requires_grad=False)
 
 
-def _layer_norm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    # The normalized size from the weight (a constant in the trace), not from x (a Shape op in the graph).
-    return F.layer_norm(x, (int(weight.shape[0]),), weight, None, LAYER_NORM_EPS)
+def _layer_norm(x: torch.Tensor, weight: torch.Tensor, size: int) -> torch.Tensor:
+    # `size` is a Python int: x.shape[-1] would trace into a Shape op the exporter cannot make constant.
+    return F.layer_norm(x, (size,), weight, None, LAYER_NORM_EPS)
 
 
 class FeedForwardStep(nn.Module):
@@ -62,6 +62,7 @@ class FeedForwardStep(nn.Module):
             raise ValueError(f"feed-forward type {cfg.ff_type!r} is not supported by the step export")
         self.act = FEEDFORWARD_ACTIVATIONS[cfg.act_fn]
         self.up_dim = cfg._proj_up_dim
+        self.dim = cfg.embedding_dim
         self.norm_weight = _frozen(block.ffn_norm.weight_proxy)
         self.proj_up = _frozen(ffn.proj_up.weight.T)
         self.proj_up_bias = _maybe(ffn.proj_up.bias)
@@ -69,7 +70,7 @@ class FeedForwardStep(nn.Module):
         self.proj_down_bias = _maybe(ffn.proj_down.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        up = _layer_norm(x, self.norm_weight) @ self.proj_up
+        up = _layer_norm(x, self.norm_weight, self.dim) @ self.proj_up
         if self.proj_up_bias is not None:
             up = up + self.proj_up_bias
         gate, value = torch.split(up, self.up_dim, dim=-1)
@@ -261,7 +262,7 @@ class SLSTMBlockStep(nn.Module):
         # A reset slot starts from the package's fresh state: everything zero (multiplying by keep is
         # cheap here: the sLSTM state is [B, E]).
         h, c, n, m = (s * keep2 for s in states[:4])
-        xn = _layer_norm(x, self.norm_weight)
+        xn = _layer_norm(x, self.norm_weight, self.dim)
         parts = [xn.reshape(-1, nh, 1, dh)]
         if self.kernel > 0:
             window = torch.cat([(states[4] * keep2.unsqueeze(-1))[:, 1:], xn.unsqueeze(1)], dim=1)  # Slice + Concat
