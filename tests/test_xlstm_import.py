@@ -267,9 +267,6 @@ def test_verify_replays_the_parity_rollout(exported):
     assert all(o.max_rel <= 1e-4 or o.max_abs <= 1e-5 for o in report.outputs)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runtime/verify.py compares final states by absolute error; an sLSTM's n reaches tens to hundreds, "
-    "where fp32 rounding alone exceeds 1e-5 (export's parity check scales states by their size)"))
 def test_verify_passes_slstm_states_on_onnxruntime(exported):
     from policyrt.bundle import open_bundle
     from policyrt.runtime.verify import verify_backend
