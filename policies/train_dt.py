@@ -8,7 +8,6 @@ action half-range. This is the original DT objective with behaviour-cloning labe
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,14 +53,13 @@ class TrainDTArgs:
 
 def train(args: TrainDTArgs, progress: bool = True, command: str | None = None) -> Path:
     import torch
-    from tqdm import tqdm
 
     from policyrt.sim.dataset import load_dataset
 
-    from .checkpoint import save_checkpoint
     from .dt_config import DTPolicyConfig
     from .dt_policy import DTPolicy
     from .sequence_data import episode_arrays, sample_windows
+    from .training_loop import run_training
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -100,32 +98,16 @@ def train(args: TrainDTArgs, progress: bool = True, command: str | None = None) 
         "commands": [c for c in (dataset.meta.get("command"), command) if c],
     }
 
-    def checkpoint(step: int) -> None:
-        save_checkpoint(policy, args.out, extra={**meta, "train_steps_done": step})
+    def loss_fn():  # one batch of windows -> masked MSE in action half-range units
+        batch, mask = sample_windows(episodes, rng, args.batch_size, args.context, FIELDS, left_pad=True)
+        obs = policy.normalize_obs(torch.from_numpy(batch["obs"]))
+        rtg = torch.from_numpy(batch["rtg"] / args.return_scale).unsqueeze(-1)
+        timesteps = torch.from_numpy(np.minimum(batch["timestep"], args.max_ep_len - 1))
+        mask_t = torch.from_numpy(mask)
+        pred = policy(obs, torch.from_numpy(batch["action"]), rtg, timesteps, mask_t)
+        err = ((pred - torch.from_numpy(batch["label"])) / half_range) ** 2
+        loss = (err * mask_t.unsqueeze(-1)).sum() / (mask_t.sum() * err.shape[-1])
+        return loss
 
-    bar = tqdm(range(args.steps), desc="train dt", unit="step", disable=not progress)
-    step, started = 0, time.monotonic()
-    try:
-        for step in bar:
-            batch, mask = sample_windows(episodes, rng, args.batch_size, args.context, FIELDS, left_pad=True)
-            obs = policy.normalize_obs(torch.from_numpy(batch["obs"]))
-            rtg = torch.from_numpy(batch["rtg"] / args.return_scale).unsqueeze(-1)
-            timesteps = torch.from_numpy(np.minimum(batch["timestep"], args.max_ep_len - 1))
-            mask_t = torch.from_numpy(mask)
-            pred = policy(obs, torch.from_numpy(batch["action"]), rtg, timesteps, mask_t)
-            err = ((pred - torch.from_numpy(batch["label"])) / half_range) ** 2
-            loss = (err * mask_t.unsqueeze(-1)).sum() / (mask_t.sum() * err.shape[-1])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), 0.25)
-            optimizer.step()
-            schedule.step()
-            bar.set_postfix(loss=f"{loss.item():.2e}")
-            if (step + 1) % args.save_every == 0:
-                checkpoint(step + 1)
-        step = args.steps
-    except KeyboardInterrupt:
-        print(f"\ninterrupted at step {step}: saving the weights reached so far to {args.out}")
-    checkpoint(step)
-    print(f"trained {step} steps in {time.monotonic() - started:.0f} s -> {args.out}")
-    return Path(args.out)
+    return run_training(policy, loss_fn, steps=args.steps, out=args.out, meta=meta, save_every=args.save_every,
+                        optimizer=optimizer, schedule=schedule, clip_norm=0.25, desc="train dt", progress=progress)

@@ -8,7 +8,6 @@ with noisy applied actions: the noise widens the states seen, the label stays go
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,12 +52,11 @@ class TrainXLSTMArgs:
 
 def train(args: TrainXLSTMArgs, progress: bool = True, command: str | None = None) -> Path:
     import torch
-    from tqdm import tqdm
 
     from policyrt.sim.dataset import load_dataset
 
-    from .checkpoint import save_checkpoint
     from .sequence_data import episode_arrays, sample_windows
+    from .training_loop import run_training
     from .xlstm_config import XLSTMPolicyConfig
     from .xlstm_policy import XLSTMPolicy
 
@@ -99,29 +97,13 @@ def train(args: TrainXLSTMArgs, progress: bool = True, command: str | None = Non
         "commands": [c for c in (dataset.meta.get("command"), command) if c],
     }
 
-    def checkpoint(step: int) -> None:
-        save_checkpoint(policy, args.out, extra={**meta, "train_steps_done": step})
+    def loss_fn():  # one batch of windows -> masked MSE in action half-range units
+        batch, mask = sample_windows(episodes, rng, args.batch_size, args.window, FIELDS)
+        pred = policy(*(torch.from_numpy(batch[f]) for f in FIELDS[:4]))
+        err = ((pred - torch.from_numpy(batch["label"])) / half_range) ** 2
+        mask_t = torch.from_numpy(mask).unsqueeze(-1)
+        loss = (err * mask_t).sum() / (mask_t.sum() * err.shape[-1])
+        return loss
 
-    bar = tqdm(range(args.steps), desc="train xlstm", unit="step", disable=not progress)
-    step, started = 0, time.monotonic()
-    try:
-        for step in bar:
-            batch, mask = sample_windows(episodes, rng, args.batch_size, args.window, FIELDS)
-            pred = policy(*(torch.from_numpy(batch[f]) for f in FIELDS[:4]))
-            err = ((pred - torch.from_numpy(batch["label"])) / half_range) ** 2
-            mask_t = torch.from_numpy(mask).unsqueeze(-1)
-            loss = (err * mask_t).sum() / (mask_t.sum() * err.shape[-1])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            bar.set_postfix(loss=f"{loss.item():.2e}")
-            if (step + 1) % args.save_every == 0:
-                checkpoint(step + 1)
-        step = args.steps
-    except KeyboardInterrupt:
-        print(f"\ninterrupted at step {step}: saving the weights reached so far to {args.out}")
-    checkpoint(step)
-    print(f"trained {step} steps in {time.monotonic() - started:.0f} s -> {args.out}")
-    return Path(args.out)
+    return run_training(policy, loss_fn, steps=args.steps, out=args.out, meta=meta, save_every=args.save_every,
+                        optimizer=optimizer, schedule=schedule, clip_norm=1.0, desc="train xlstm", progress=progress)
