@@ -69,3 +69,15 @@ def test_dataset_with_a_missing_field_is_named(small_dataset, tmp_path):
     (bad / "dataset.json").write_text("{}")
     with pytest.raises(ValueError, match="missing field"):
         load_dataset(bad)
+
+
+def test_dt_training_is_deterministic_and_exports(small_dataset, tmp_path):
+    args = ["train", "dt", "--data", str(small_dataset), "--steps", "3", "--batch-size", "4", "--context", "4",
+            "--hidden-size", "32", "--n-layer", "1", "--n-head", "2", "--seed", "3"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    assert main(["export", str(tmp_path / "a"), "--out", str(tmp_path / "dt.policy")]) == 0
+    manifest = json.loads((tmp_path / "dt.policy" / "manifest.json").read_text())
+    assert manifest["policy"]["kind"] == "dt" and manifest["env_id"] == "InvertedPendulum-v5"
+    assert [c.split()[1] for c in manifest["provenance"]["commands"]] == ["sim", "train", "export"]
