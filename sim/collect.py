@@ -16,8 +16,11 @@ class CollectConfig:
     env_id: str = "InvertedPendulum-v5"
     expert: str = "lqr"
     episodes: int = 50
-    action_noise: float = 0.0
-    """Std of Gaussian noise added to the applied action (labels stay the expert's clean action)."""
+    action_noise: tuple[float, ...] = (0.0,)
+    """Std of Gaussian noise added to the applied action (labels stay the expert's clean action).
+    Several levels mix dataset quality: episode i uses level i mod len(levels)."""
+    format: str = "minari"
+    """minari (readable by minari.load_dataset) or npz."""
     seed: int = 0
 
 
@@ -41,6 +44,7 @@ def run_episode(env, expert, rng: np.random.Generator, noise: float, seed: int |
         rewards=np.asarray(rows["r"], np.float32),
         terminations=np.asarray(rows["term"], bool),
         truncations=np.asarray(rows["trunc"], bool),
+        final_observation=np.asarray(obs, np.float32),
     )
 
 
@@ -55,13 +59,14 @@ def collect(cfg: CollectConfig, out: Path | None = None, progress: bool = True, 
     low, high = env.action_space.low, env.action_space.high  # read before close()
     bar = tqdm(range(cfg.episodes), desc=f"collect {cfg.env_id}", unit="ep", disable=not progress)
     for i in bar:
-        episodes.append(run_episode(env, expert, rng, cfg.action_noise, seed=cfg.seed * 100_003 + i))
+        noise = cfg.action_noise[i % len(cfg.action_noise)]
+        episodes.append(run_episode(env, expert, rng, noise, seed=cfg.seed * 100_003 + i))
         bar.set_postfix(ret=f"{episodes[-1].total_return:.0f}")
     env.close()
     meta = {
         "env_id": cfg.env_id,
         "expert": cfg.expert,
-        "action_noise": cfg.action_noise,
+        "action_noise": list(cfg.action_noise),
         "seed": cfg.seed,
         "command": command,
         "episodes": len(episodes),
@@ -72,7 +77,7 @@ def collect(cfg: CollectConfig, out: Path | None = None, progress: bool = True, 
     }
     dataset = Dataset(episodes=episodes, meta=meta)
     if out is not None:
-        dataset.save(out)
+        dataset.save(out, cfg.format)
     return dataset
 
 

@@ -83,10 +83,55 @@ class LQRExpert:
         return np.clip(-self.gain @ _sim_state(env), self.low, self.high).astype(np.float32)
 
 
-EXPERTS = {"lqr": LQRExpert}
+@dataclass
+class ReacherIKExpert:
+    """Reacher-v5: inverse kinematics of the two-link arm to the target, then a joint PD controller.
+
+    Link lengths 0.1 and 0.11 come from the XML (body1 and fingertip offsets). The elbow-down/up
+    solution closer to the current elbow angle is taken, so the arm does not swing through the
+    singular pose. Gains as measured in shared/FACTS.md (kp 0.3, kd 0.06).
+    """
+
+    link1: float = 0.1
+    link2: float = 0.11
+    kp: float = 0.3
+    kd: float = 0.06
+
+    @classmethod
+    def for_env(cls, env) -> ReacherIKExpert:
+        env_id = env.spec.id if env.spec is not None else "?"
+        if env_id != "Reacher-v5":
+            raise ValueError(f"no IK expert for {env_id!r}; supported environments: Reacher-v5")
+        return cls()
+
+    def joint_targets(self, qpos: np.ndarray) -> np.ndarray:
+        x, y = qpos[2], qpos[3]
+        reach = np.clip((x * x + y * y - self.link1**2 - self.link2**2) / (2 * self.link1 * self.link2), -1.0, 1.0)
+        best = None
+        for elbow in (np.arccos(reach), -np.arccos(reach)):
+            shoulder = np.arctan2(y, x) - np.arctan2(self.link2 * np.sin(elbow), self.link1 + self.link2 * np.cos(elbow))
+            target = np.array([shoulder, elbow])
+            cost = abs(_wrap(elbow - qpos[1]))
+            if best is None or cost < best[0]:
+                best = (cost, target)
+        return best[1]
+
+    def act(self, env) -> np.ndarray:
+        data = env.unwrapped.data
+        error = _wrap(self.joint_targets(data.qpos) - data.qpos[:2])
+        return np.clip(self.kp * error - self.kd * data.qvel[:2], -1.0, 1.0).astype(np.float32)
+
+
+def _wrap(angle):
+    return (np.asarray(angle) + np.pi) % (2 * np.pi) - np.pi
+
+
+EXPERTS = {"lqr": LQRExpert, "ik": ReacherIKExpert}
+SUPPORTED = {"lqr": LQR_ENVS, "ik": ("Reacher-v5",)}
 
 
 def make_expert(name: str, env):
     if name not in EXPERTS:
-        raise ValueError(f"unknown expert {name!r}; available: {', '.join(EXPERTS)}")
+        available = "; ".join(f"{k} ({', '.join(v)})" for k, v in SUPPORTED.items())
+        raise ValueError(f"unknown expert {name!r}; available: {available}")
     return EXPERTS[name].for_env(env)
