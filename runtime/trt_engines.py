@@ -1,0 +1,166 @@
+"""TensorRT engines inside a bundle: file names, lookup, and the verify stamps that gate loading them.
+
+An engine is only valid for the GPU, the TensorRT version and the precision it was built with, so a
+bundle may carry several under `engines/`, named `<gpu>-trt<version>-<precision>.plan`. `engines/` is
+excluded from the bundle checksums (policyrt/bundle.py, UNCHECKED_DIRS): engines are built on the board
+after the bundle was made. Their integrity is what the stamps are for: `policyrt verify --backend
+tensorrt` replays parity.json on the engine and, on a pass, writes `engines/<engine>.verified.json`
+keyed by the engine's sha256. The TensorRT backend refuses an engine without a matching stamp, so an
+engine that was rebuilt, copied from another board or corrupted cannot move a robot unverified.
+
+Pure standard library: tensorrt and cuda-python are imported only inside the two probe functions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from policyrt.bundle import sha256_file
+
+ENGINES_DIR = "engines"
+PRECISIONS = ("fp32", "fp16")
+STAMP_SUFFIX = ".verified.json"
+STAMP_FORMAT = 1
+
+INSTALL_HINT = (
+    "TensorRT comes with JetPack on Jetson boards (JetPack 6: TensorRT 10.3; check with "
+    "`python3 -c 'import tensorrt; print(tensorrt.__version__)'`) and from NVIDIA's pip index or "
+    "packages elsewhere; cuda-python comes with `pip install 'policyrt[gpu]'`"
+)
+
+
+class EngineNotVerified(RuntimeError):
+    """The engine has no verify stamp that matches it on this board."""
+
+
+def sanitize(text: str) -> str:
+    """Lower-case, every run of characters other than [a-z0-9.] becomes one '-': safe in file names."""
+    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-.") or "unknown"
+
+
+def engine_filename(gpu_name: str, trt_version: str, precision: str) -> str:
+    """`NVIDIA Jetson AGX Orin`, `10.3.0.30`, `fp16` -> `nvidia-jetson-agx-orin-trt10.3.0.30-fp16.plan`.
+
+    The full TensorRT version is kept: a plan file only deserializes on the exact version that built it
+    (unless built version-compatible, which policyrt does not do).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return f"{sanitize(gpu_name)}-trt{sanitize(trt_version)}-{precision}.plan"
+
+
+def engine_path(bundle_dir, gpu_name: str, trt_version: str, precision: str) -> Path:
+    return Path(bundle_dir) / ENGINES_DIR / engine_filename(gpu_name, trt_version, precision)
+
+
+def find_engine(bundle_dir, gpu_name: str, trt_version: str, precision: str | None = None) -> Path:
+    """The engine for this GPU and TensorRT version; `precision=None` takes fp32 if built, else fp16.
+
+    fp32 first because it is the one that reproduces the reference within 1e-4; ask for fp16 explicitly.
+    """
+    wanted = PRECISIONS if precision is None else (precision,)
+    for p in wanted:
+        path = engine_path(bundle_dir, gpu_name, trt_version, p)
+        if path.is_file():
+            return path
+    folder = Path(bundle_dir) / ENGINES_DIR
+    present = sorted(p.name for p in folder.glob("*.plan")) if folder.is_dir() else []
+    expected = ", ".join(engine_filename(gpu_name, trt_version, p) for p in wanted)
+    raise FileNotFoundError(
+        f"{folder}: no TensorRT engine for this board (expected {expected}; present: "
+        f"{', '.join(present) or 'none'}). Build one on this board: policyrt build-engine {Path(bundle_dir)}"
+        + (f" --precision {precision}" if precision else "")
+    )
+
+
+def stamp_path(engine: Path) -> Path:
+    return Path(engine).with_name(Path(engine).name + STAMP_SUFFIX)
+
+
+@dataclass(frozen=True)
+class Stamp:
+    engine: str
+    engine_sha256: str
+    gpu: str
+    tensorrt: str
+    precision: str
+    tolerance: float
+    errors: dict
+    verified_at: str
+
+    def to_dict(self) -> dict:
+        return {"format": STAMP_FORMAT, **self.__dict__}
+
+
+def write_stamp(engine: Path, gpu: str, tensorrt: str, precision: str, tolerance: float, errors: dict,
+                now: float | None = None) -> Path:
+    """Record that `engine` (its current bytes) passed verify on this GPU and TensorRT version."""
+    engine = Path(engine)
+    stamp = Stamp(
+        engine=engine.name, engine_sha256=sha256_file(engine), gpu=gpu, tensorrt=tensorrt, precision=precision,
+        tolerance=float(tolerance), errors=errors,
+        verified_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if now is None else now)),
+    )
+    path = stamp_path(engine)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(stamp.to_dict(), indent=2) + "\n")
+    os.replace(tmp, path)  # a half-written stamp must never exist under the real name
+    return path
+
+
+def check_stamp(engine: Path, gpu: str, tensorrt: str) -> Stamp:
+    """The engine's stamp if it matches the engine's bytes, this GPU and this TensorRT; else EngineNotVerified."""
+    engine = Path(engine)
+    path = stamp_path(engine)
+    how = f"run `policyrt verify {engine.parent.parent} --backend tensorrt` on this board"
+    if not path.is_file():
+        raise EngineNotVerified(f"{engine}: has not passed verify on this board (no {path.name}); {how}")
+    try:
+        doc = json.loads(path.read_text())
+        doc.pop("format", None)
+        stamp = Stamp(**doc)
+    except (ValueError, TypeError) as err:
+        raise EngineNotVerified(f"{path}: unreadable verify stamp ({err}); {how}") from err
+    if stamp.engine_sha256 != sha256_file(engine):
+        raise EngineNotVerified(f"{engine}: changed since it passed verify (sha256 differs from {path.name}); {how}")
+    for field, current in (("gpu", gpu), ("tensorrt", tensorrt)):
+        if getattr(stamp, field) != current:
+            raise EngineNotVerified(
+                f"{engine}: verified with {field} {getattr(stamp, field)!r}, this board has {current!r}; {how}"
+            )
+    return stamp
+
+
+def current_gpu_name(device: int = 0) -> str:
+    """The CUDA device's name, e.g. `Orin` or `NVIDIA H100 80GB HBM3` (needs cuda-python)."""
+    cudart = import_cudart()
+    err, props = cudart.cudaGetDeviceProperties(device)
+    if int(err) != 0:
+        raise RuntimeError(f"cudaGetDeviceProperties({device}) failed: {err}")
+    name = props.name
+    return (name.decode() if isinstance(name, bytes) else str(name)).split("\x00", 1)[0].strip()
+
+
+def import_tensorrt():
+    try:
+        import tensorrt
+    except ImportError as err:
+        raise ImportError(f"TensorRT is not installed: {INSTALL_HINT}") from err
+    return tensorrt
+
+
+def import_cudart():
+    """cuda-python's runtime module: `cuda.bindings.runtime` (12.6+), else the older `cuda.cudart`."""
+    try:
+        from cuda.bindings import runtime
+    except ImportError:
+        try:
+            from cuda import cudart as runtime
+        except ImportError as err:
+            raise ImportError(f"cuda-python is not installed: {INSTALL_HINT}") from err
+    return runtime
