@@ -57,7 +57,8 @@ def write_minari(episodes, final_observations, out: Path, env_id: str, algorithm
             infos={"expert_action": ep.expert_actions},
         ))
     dataset_id = dataset_id_for(out)
-    with _datasets_root(Path(out)), warnings.catch_warnings():
+    # Absolute: Minari joins a relative root with paths of its own and ends up nowhere.
+    with _datasets_root(Path(out).resolve()), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # Minari nags about author/permalink fields
         minari.create_dataset_from_buffers(
             dataset_id, buffers, env=gym.make(env_id), algorithm_name=algorithm, description=description,
@@ -72,7 +73,7 @@ def read_minari(root: Path, dataset_id: str):
 
     from .dataset import Episode
 
-    data_path = Path(root) / dataset_id / "data"
+    data_path = Path(root).resolve() / dataset_id / "data"
     if not (data_path / "main_data.hdf5").is_file():
         raise FileNotFoundError(f"{data_path}: no Minari dataset {dataset_id!r} here")
     episodes = []

@@ -149,3 +149,11 @@ def test_unknown_expert_lists_what_is_supported():
 
     with pytest.raises(ValueError, match=r"lqr \(InvertedPendulum-v5, InvertedDoublePendulum-v5\); ik \(Reacher-v5\)"):
         make_expert("mpc", gym.make("Reacher-v5"))
+
+
+def test_collect_to_a_relative_directory(tmp_path, monkeypatch):
+    from policyrt.sim.dataset import load_dataset
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["sim", "collect", "--episodes", "1", "--out", "data/rel"]) == 0
+    assert len(load_dataset("data/rel").episodes) == 1
