@@ -215,8 +215,8 @@ def test_gpu_graphs_are_captured_and_equal_eager(kind):
     assert graphed.captured, graphed.graphs.fallback_reason
     assert graphed.graphs.fallback_reason is None and not eager.captured
     assert graphed._host_bytes.is_pinned() and graphed._action_host.is_pinned()
-    np.testing.assert_allclose(with_graphs, without, atol=1e-6)
-    assert_states_close(state_graphs, state_eager, 1e-6)
+    np.testing.assert_allclose(with_graphs, without, atol=1e-5)  # the same kernels; a wiring bug is ~0.1 off
+    assert_states_close(state_graphs, state_eager, 1e-5)
 
 
 @gpu
