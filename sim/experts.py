@@ -130,6 +130,23 @@ EXPERTS = {"lqr": LQRExpert, "ik": ReacherIKExpert}
 SUPPORTED = {"lqr": LQR_ENVS, "ik": ("Reacher-v5",)}
 
 
+def expert_for_env(env_id: str) -> str:
+    """The scripted expert that drives `env_id`; a clear error lists what is supported."""
+    for name, envs in SUPPORTED.items():
+        if env_id in envs:
+            return name
+    supported = ", ".join(e for envs in SUPPORTED.values() for e in envs)
+    raise ValueError(f"no scripted expert for {env_id!r}; supported environments: {supported}")
+
+
+def close_to_expert(policy_mean: float, expert_mean: float) -> bool:
+    """The bar the demo bundles are held to: at least 95% of the expert's mean return, or, where
+    returns are negative costs (Reacher), within 10% of the expert's mean."""
+    if expert_mean >= 0:
+        return policy_mean >= 0.95 * expert_mean
+    return policy_mean >= expert_mean - 0.10 * abs(expert_mean)
+
+
 def make_expert(name: str, env):
     if name not in EXPERTS:
         available = "; ".join(f"{k} ({', '.join(v)})" for k, v in SUPPORTED.items())
