@@ -69,6 +69,10 @@ class TorchCudaBackend(Backend):
                 f"backend 'torch-cuda' needs a CUDA GPU, but torch.cuda.is_available() is False "
                 f"(torch {torch.__version__}, built with CUDA {torch.version.cuda})"
             )
+        if self._cuda and self.device.index not in (None, torch.cuda.current_device()):
+            # Capture and the stream would need a device guard on every tick; choosing the GPU by
+            # CUDA_VISIBLE_DEVICES (or torch.cuda.set_device) first costs nothing per step.
+            raise ValueError(f"device {device!r} is not the current CUDA device; select it with CUDA_VISIBLE_DEVICES")
         if cuda_graphs and not self._cuda:
             raise ValueError("cuda_graphs=True needs device='cuda'; on the CPU pass cuda_graphs=False")
         self.cuda_graphs = cuda_graphs
