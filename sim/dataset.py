@@ -53,15 +53,30 @@ class Dataset:
         return np.array([e.total_return for e in self.episodes])
 
     def save(self, out: Path, fmt: str = "minari") -> None:
+        """Write the dataset to `out`, replacing what was there only once the new one is complete."""
+        import shutil
+        import tempfile
+
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+        try:
+            self._write(work, fmt, name=out.name)
+            if out.exists():
+                shutil.rmtree(out)
+            work.rename(out)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+
+    def _write(self, out: Path, fmt: str, name: str) -> None:
         meta = {**self.meta, "format": fmt}
         if fmt == "minari":
             from .minari_io import write_minari
 
             finals = [e.final_observation if e.final_observation is not None else e.observations[-1] for e in self.episodes]
             meta["minari_dataset_id"] = write_minari(
-                self.episodes, finals, out, self.meta["env_id"], self.meta.get("expert", "?"),
+                self.episodes, finals, out, name, self.meta["env_id"], self.meta.get("expert", "?"),
                 f"policyrt demonstrations: {self.meta.get('command') or 'collected by policyrt'}",
             )
         elif fmt == "npz":
@@ -73,10 +88,7 @@ class Dataset:
     def _save_npz(self, out: Path) -> None:
         arrays = {f: np.concatenate([getattr(e, f) for e in self.episodes]) for f in FIELDS}
         arrays["episode_starts"] = np.cumsum([0] + [len(e) for e in self.episodes[:-1]]).astype(np.int64)
-        # Write to a temporary name first so an interrupted save never leaves a half-written dataset.
-        tmp = out / "episodes.tmp.npz"
-        np.savez_compressed(tmp, **arrays)
-        tmp.replace(out / "episodes.npz")
+        np.savez_compressed(out / "episodes.npz", **arrays)
 
 
 def load_dataset(path: Path) -> Dataset:

@@ -19,8 +19,8 @@ import numpy as np
 NAMESPACE = "policyrt"
 
 
-def dataset_id_for(out: Path) -> str:
-    name = re.sub(r"[^a-z0-9-]+", "-", Path(out).name.lower()).strip("-") or "dataset"
+def dataset_id_for(name: str) -> str:
+    name = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "dataset"
     return f"{NAMESPACE}/{name}-v0"
 
 
@@ -37,8 +37,10 @@ def _datasets_root(root: Path):
             os.environ["MINARI_DATASETS_PATH"] = previous
 
 
-def write_minari(episodes, final_observations, out: Path, env_id: str, algorithm: str, description: str) -> str:
-    """Episodes (sim.dataset.Episode) plus each episode's observation after its last step -> Minari."""
+def write_minari(episodes, final_observations, out: Path, name: str, env_id: str, algorithm: str,
+                 description: str) -> str:
+    """Episodes (sim.dataset.Episode) plus each episode's observation after its last step -> Minari
+    under `out`, with a dataset id made from `name` (the dataset directory's final name)."""
     import warnings
 
     import gymnasium as gym
@@ -56,7 +58,7 @@ def write_minari(episodes, final_observations, out: Path, env_id: str, algorithm
             truncations=ep.truncations.tolist(),
             infos={"expert_action": ep.expert_actions},
         ))
-    dataset_id = dataset_id_for(out)
+    dataset_id = dataset_id_for(name)
     # Absolute: Minari joins a relative root with paths of its own and ends up nowhere.
     with _datasets_root(Path(out).resolve()), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # Minari nags about author/permalink fields

@@ -157,3 +157,13 @@ def test_collect_to_a_relative_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["sim", "collect", "--episodes", "1", "--out", "data/rel"]) == 0
     assert len(load_dataset("data/rel").episodes) == 1
+
+
+def test_collect_again_replaces_the_dataset(tmp_path):
+    from policyrt.sim.dataset import load_dataset
+
+    out = tmp_path / "again"
+    assert main(["sim", "collect", "--episodes", "1", "--out", str(out)]) == 0
+    assert main(["sim", "collect", "--episodes", "2", "--out", str(out)]) == 0
+    assert len(load_dataset(out).episodes) == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["again"]  # no temporary directory left behind
