@@ -6,7 +6,20 @@ import argparse
 import shlex
 import sys
 
-from .commands import bench, collect, compare, demo, export, info, run, sim_serve, train, verify
+from .commands import (
+    bench,
+    build_engine,
+    collect,
+    compare,
+    demo,
+    export,
+    info,
+    lint,
+    run,
+    sim_serve,
+    train,
+    verify,
+)
 
 DESCRIPTION = """\
 policyrt deploys sequence-model robot policies (xLSTM, Decision Transformer): train or import a
@@ -34,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim_commands = sim.add_subparsers(dest="sim_command", required=True, metavar="SIM_COMMAND")
     collect.add_parser(sim_commands)
     sim_serve.add_parser(sim_commands)
-    for module in (train, export, info, verify, compare, run, bench, demo):
+    for module in (train, export, info, lint, build_engine, verify, compare, run, bench, demo):
         module.add_parser(commands)
     return parser
 

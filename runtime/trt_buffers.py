@@ -169,6 +169,19 @@ def plan_buffers(manifest: Manifest, batch_size: int, tensors: list[EngineTensor
     return BufferPlan(batch_size, inputs, inputs_nbytes, action, host_nbytes, states, max(offset, ALIGNMENT))
 
 
+def host_views(block: np.ndarray, plan: BufferPlan) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """numpy views of the host inputs and the action inside the pinned block (a uint8 array of
+    `plan.host_nbytes`): what `Backend.inputs` and `Backend.action` become, so writing an input is already
+    writing the bytes the next tick copies to the device."""
+    if block.dtype != np.uint8 or block.shape != (plan.host_nbytes,):
+        raise ValueError(f"host block must be uint8[{plan.host_nbytes}], got {block.dtype}{list(block.shape)}")
+
+    def view(slot: Slot) -> np.ndarray:
+        return block[slot.offset:slot.offset + slot.nbytes].view(slot.dtype).reshape(slot.shape)
+
+    return {s.name: view(s) for s in plan.inputs}, view(plan.action)
+
+
 @dataclass(frozen=True)
 class Copy:
     """One step of a slot reset. kind: 'zero' (memset dst), 'h2d' (src = offset in the init-row block),

@@ -28,9 +28,9 @@ STAMP_SUFFIX = ".verified.json"
 STAMP_FORMAT = 1
 
 INSTALL_HINT = (
-    "TensorRT comes with JetPack on Jetson boards (JetPack 6: TensorRT 10.3; check with "
-    "`python3 -c 'import tensorrt; print(tensorrt.__version__)'`) and from NVIDIA's pip index or "
-    "packages elsewhere; cuda-python comes with `pip install 'policyrt[gpu]'`"
+    "on a Jetson, TensorRT comes with JetPack (JetPack 6 = TensorRT 10.3: `sudo apt install nvidia-jetpack`; "
+    "its Python module is system-wide, so make the virtualenv with --system-site-packages); elsewhere install "
+    "TensorRT 10.x/11.x from NVIDIA (`pip install tensorrt`). cuda-python: `pip install 'policyrt[gpu]'`"
 )
 
 
@@ -150,7 +150,7 @@ def import_tensorrt():
     try:
         import tensorrt
     except ImportError as err:
-        raise ImportError(f"TensorRT is not installed: {INSTALL_HINT}") from err
+        raise ImportError(f"TensorRT (the `tensorrt` Python module) is not installed; {INSTALL_HINT}") from err
     return tensorrt
 
 
@@ -162,5 +162,5 @@ def import_cudart():
         try:
             from cuda import cudart as runtime
         except ImportError as err:
-            raise ImportError(f"cuda-python is not installed: {INSTALL_HINT}") from err
+            raise ImportError(f"cuda-python (`cuda.bindings`) is not installed; {INSTALL_HINT}") from err
     return runtime

@@ -43,6 +43,7 @@ class VerifyReport:
     batch: int
     tolerance: float
     outputs: list[OutputError] = field(default_factory=list)
+    stamp: str | None = None  # tensorrt: the verify stamp written on a pass (engines/<engine>.verified.json)
 
     @property
     def ok(self) -> bool:
@@ -55,6 +56,7 @@ class VerifyReport:
             "batch": self.batch,
             "tolerance": self.tolerance,
             "ok": self.ok,
+            "stamp": self.stamp,
             "outputs": {
                 o.name: {"max_abs": o.max_abs, "max_rel": o.max_rel, "max_judged": o.max_judged,
                          "first_step_over": o.first_step_over}
@@ -71,6 +73,8 @@ class VerifyReport:
             where = "ok" if o.ok() else f"FAIL from step {o.first_step_over}"
             lines.append(f"  {o.name:<24} max abs {o.max_abs:.2e}  max rel {o.max_rel:.2e}  judged {o.max_judged:.2e}  {where}")
         lines.append("PASS" if self.ok else "FAIL: this backend does not reproduce the reference policy")
+        if self.stamp:
+            lines.append(f"stamp written: {self.stamp} (the tensorrt backend now accepts this engine on this board)")
         return "\n".join(lines)
 
 
@@ -123,24 +127,50 @@ def compare(name: str, got: np.ndarray, want: np.ndarray, tolerance: float, size
     )
 
 
-def verify_backend(bundle: Bundle, backend_name: str = "onnxruntime", tolerance: float | None = None) -> VerifyReport:
-    from . import make_backend
+def default_tolerance(backend, parity: dict) -> float:
+    """parity.json's tolerance for the CPU backends; TensorRT engines by precision (see the constants above)."""
+    if backend.name == "tensorrt":
+        return TENSORRT_FP16_TOLERANCE if getattr(backend, "precision", "fp32") == "fp16" else TENSORRT_FP32_TOLERANCE
+    return float(parity.get("tolerance", DEFAULT_TOLERANCE))
 
+
+def verify_backend(bundle: Bundle, backend_name: str = "onnxruntime", tolerance: float | None = None,
+                   **options) -> VerifyReport:
+    """Replay parity.json on a backend; for tensorrt, a pass also writes the engine's verify stamp.
+
+    `options` go to the backend (tensorrt: `precision`). verify is what makes a TensorRT engine usable, so
+    it opens the engine with `require_verified=False`.
+    """
+    from . import ALIASES, make_backend
+
+    name = ALIASES.get(backend_name, backend_name)
+    if name == "tensorrt":
+        options.setdefault("require_verified", False)
     parity = bundle.parity()
     inputs = parity_inputs(parity)
     steps, batch = inputs["obs"].shape[:2]
-    tol = float(tolerance if tolerance is not None else parity.get("tolerance", DEFAULT_TOLERANCE))
-    backend = make_backend(bundle, backend_name, batch)
+    backend = make_backend(bundle, name, batch, **options)
     try:
+        tol = float(tolerance if tolerance is not None else default_tolerance(backend, parity))
         actions = replay(backend, inputs)
         final = backend.state()
+        reference = parity["reference"]
+        report = VerifyReport(backend=backend.name, steps=steps, batch=batch, tolerance=tol)
+        report.outputs.append(compare("action", actions, decode_array(reference["action"]), tol))
+        for state_name, doc in reference["final_state"].items():
+            report.outputs.append(compare(f"state.{state_name} (final)", final[state_name][None],
+                                          decode_array(doc)[None], tol, size_scaled=True))
+        if backend.name == "tensorrt" and report.ok:
+            report.stamp = str(stamp_engine(backend, report))
     finally:
         backend.close()
-    reference = parity["reference"]
-    report = VerifyReport(backend=backend.name, steps=steps, batch=batch, tolerance=tol)
-    report.outputs.append(compare("action", actions, decode_array(reference["action"]), tol))
-    for name, doc in reference["final_state"].items():
-        report.outputs.append(
-            compare(f"state.{name} (final)", final[name][None], decode_array(doc)[None], tol, size_scaled=True)
-        )
     return report
+
+
+def stamp_engine(backend, report: VerifyReport):
+    """Write the verify stamp of the engine `backend` ran (keyed by the engine file's sha256)."""
+    from .trt_engines import write_stamp
+
+    errors = {o.name: o.max_judged for o in report.outputs}
+    return write_stamp(backend.engine_path, backend.gpu_name, backend.tensorrt_version, backend.precision,
+                       report.tolerance, errors)

@@ -13,6 +13,7 @@ from policyrt.runtime.trt_buffers import (
     PlanError,
     check_engine_io,
     expected_io,
+    host_views,
     init_rows,
     plan_buffers,
     reset_copies,
@@ -155,3 +156,25 @@ def test_a_long_run_of_slots_costs_logarithmically_many_copies():
     rtg = [c for c in copies if c.kind in ("h2d", "d2d")]
     assert len(rtg) == 1 + 8  # one row from the host, then 1 -> 2 -> ... -> 256 on the device
     assert sum(c.kind == "zero" for c in copies) == 2  # C and t: one memset each
+
+
+def test_host_views_write_the_bytes_the_device_copy_reads():
+    manifest = small_manifest()
+    plan = plan_buffers(manifest, 2)
+    block = np.zeros(plan.host_nbytes, np.uint8)
+    inputs, action = host_views(block, plan)
+    assert set(inputs) == {"obs", "prev_action", "reward", "target_return", "reset"}
+    inputs["obs"][1, 2] = 3.5
+    inputs["reset"][0] = True
+    obs, reset = plan.inputs[0], plan.inputs[4]
+    assert block[obs.offset:obs.offset + obs.nbytes].view(np.float32)[5] == 3.5
+    assert block[reset.offset] == 1
+    device = np.zeros(plan.device_nbytes, np.uint8)
+    device[:plan.inputs_nbytes] = block[:plan.inputs_nbytes]  # the tick's one host->device copy
+    assert device[obs.offset:obs.offset + obs.nbytes].view(np.float32)[5] == 3.5
+    device[plan.action.offset:plan.action.offset + plan.action.nbytes] = np.arange(4, dtype=np.float32).view(np.uint8)
+    a = plan.action  # ... and the one device->host copy of the action
+    block[a.offset:a.offset + a.nbytes] = device[a.offset:a.offset + a.nbytes]
+    np.testing.assert_array_equal(action, [[0, 1], [2, 3]])
+    with pytest.raises(ValueError, match="host block must be uint8"):
+        host_views(np.zeros(3, np.uint8), plan)

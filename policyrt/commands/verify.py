@@ -14,12 +14,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Replay the bundle's parity.json (recorded inputs, resets included) on a backend and "
         "compare every action and the final state with the PyTorch reference. Exits 1 past tolerance: "
         "run it on the target machine before the robot is allowed to move.",
-        epilog="example:\n  policyrt verify bundles/inverted-pendulum-xlstm.policy --backend onnxruntime",
+        epilog="examples:\n  policyrt verify bundles/inverted-pendulum-xlstm.policy --backend onnxruntime\n"
+        "  policyrt verify bundles/inverted-pendulum-xlstm.policy --backend tensorrt --precision fp16\n\n"
+        "--backend tensorrt replays on this board's engine (policyrt build-engine) with tolerance 1e-4 (fp32)\n"
+        "or 5e-3 (fp16), and on a pass writes engines/<engine>.verified.json: the tensorrt backend refuses\n"
+        "an engine without a stamp that matches its sha256, this GPU and this TensorRT version.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("bundle", help="bundle directory or .tar")
-    p.add_argument("--backend", default="onnxruntime", help="onnxruntime (default) or torch")
-    p.add_argument("--tolerance", type=float, help="max abs error (default: the one recorded in parity.json)")
+    p.add_argument("--backend", default="onnxruntime", help="onnxruntime (default), torch, tensorrt or torch-cuda")
+    p.add_argument("--precision", choices=["fp32", "fp16"],
+                   help="tensorrt: which engine to verify (default: fp32 if built, else fp16)")
+    p.add_argument("--tolerance", type=float, help="max abs error (default: parity.json's; tensorrt: 1e-4 fp32, 5e-3 fp16)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(handler=handle)
     return p
@@ -27,11 +33,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def handle(args) -> int:
     from policyrt.bundle import BundleError, open_bundle
+    from policyrt.runtime import ALIASES
     from policyrt.runtime.verify import verify_backend
 
+    options = {}
+    if args.precision:
+        if ALIASES.get(args.backend, args.backend) != "tensorrt":
+            print("verify failed: --precision applies to --backend tensorrt only", file=sys.stderr)
+            return 1
+        options["precision"] = args.precision
     try:
-        report = verify_backend(open_bundle(args.bundle), args.backend, args.tolerance)
-    except (BundleError, ImportError, ValueError) as err:
+        report = verify_backend(open_bundle(args.bundle), args.backend, args.tolerance, **options)
+    except (BundleError, ImportError, ValueError, RuntimeError, FileNotFoundError) as err:
         print(f"verify failed: {err}", file=sys.stderr)
         return 1
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
