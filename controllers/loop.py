@@ -5,6 +5,8 @@ robot's SPEC against the bundle, then answers every non-terminal OBS with the ac
 policy, clipped to the action bounds both sides agree on. Malformed messages are counted per kind
 and skipped; the loop ends on the requested number of episodes, on the robot's BYE, when the
 robot falls silent for `robot_timeout_s`, or on Ctrl-C -- always with a result, never a hang.
+A robot whose SPEC announces num_envs > 1 is driven by the batched loop (controllers/batched_loop.py)
+with one session of that batch size.
 
 Board-side module: standard library, numpy and pyzmq only, Python 3.10.
 """
@@ -13,7 +15,9 @@ from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import zmq
@@ -47,6 +51,7 @@ class EpisodeSummary:
     length: int  # OBS answered in the episode
     terminated: bool
     truncated: bool
+    slot: int = 0  # the robot's environment slot (batched sessions)
 
 
 @dataclass(frozen=True)
@@ -60,12 +65,17 @@ class LockstepResult:
     nonfinite_actions: int  # policy outputs with NaN/inf (each replaced by the fallback)
     timing: dict[str, dict[str, float]]  # stage -> p50/p99/max in microseconds
     spec: Spec | None = field(default=None, repr=False)
+    num_envs: int = 1  # environments behind the robot's endpoint (= the session's batch size)
+    env_steps: int = 0  # observations answered (= ticks for one environment)
+    stage_times: StageTimes | None = field(default=None, repr=False, compare=False)  # raw, for reports
 
     def to_dict(self) -> dict:
         return {
             "stop_reason": self.stop_reason,
             "detail": self.detail,
             "ticks": self.ticks,
+            "num_envs": self.num_envs,
+            "env_steps": self.env_steps,
             "episodes": [vars(e) for e in self.episodes],
             "errors": dict(self.errors),
             "fallbacks": self.fallbacks,
@@ -132,13 +142,16 @@ def run_lockstep(
     spin_us: int = 0,
     robot_timeout_s: float = 10.0,
     context: zmq.Context | None = None,
+    make_session: Callable[[int], Any] | None = None,
 ) -> LockstepResult:
     """Control the robot at `connect` with `session` until `episodes` episodes ended (None: until
     the robot leaves), the robot is silent for `robot_timeout_s`, or Ctrl-C.
 
     spin_us: busy-poll this long for the next OBS before blocking; trades a CPU core for the
-    tens of microseconds a blocking wake-up costs. Raises SpecMismatchError when the robot's SPEC
-    does not fit `session.manifest`, TimeoutError when no SPEC arrives within robot_timeout_s.
+    tens of microseconds a blocking wake-up costs. make_session(batch_size): called when the
+    robot announces a number of environments other than `session.batch_size` (without it, that
+    is a SpecMismatchError). Raises SpecMismatchError when the robot's SPEC does not fit
+    `session.manifest`, TimeoutError when no SPEC arrives within robot_timeout_s.
     """
     manifest = session.manifest
     errors = ErrorTally(log, "controller")
@@ -146,18 +159,25 @@ def run_lockstep(
         spec = handshake(link, robot_timeout_s, errors)
         try:
             low, high = check_spec(spec, manifest, connect)
+            session = _session_for(spec, session, make_session, connect)
         except SpecMismatchError:
             link.send(Encoder().control(MsgType.BYE))  # let the robot end now, not at its timeout
             raise
-        link.obs_dim, link.act_dim = spec.obs_dim, spec.act_dim
+        link.obs_dim, link.act_dim, link.num_envs = spec.obs_dim, spec.act_dim, spec.num_envs
         log.info(
-            "connected to %s (%s): obs_dim=%d act_dim=%d",
+            "connected to %s (%s): obs_dim=%d act_dim=%d%s",
             connect,
             spec.robot or "robot",
             spec.obs_dim,
             spec.act_dim,
+            f", {spec.num_envs} environments" if spec.num_envs > 1 else "",
         )
-        loop = _Lockstep(session, link, low, high, errors, spin_us)
+        if spec.num_envs == 1:
+            loop = _Lockstep(session, link, low, high, errors, spin_us)
+        else:
+            from .batched_loop import BatchedLockstep
+
+            loop = BatchedLockstep(session, link, low, high, errors, spin_us, spec.num_envs)
         gc.collect()
         gc.freeze()  # the objects alive now are never garbage: keep collections off their backs
         try:
@@ -174,7 +194,23 @@ def run_lockstep(
         nonfinite_actions=loop.nonfinite,
         timing=loop.times.summary(),
         spec=spec,
+        num_envs=spec.num_envs,
+        env_steps=loop.env_steps,
+        stage_times=loop.times,
     )
+
+
+def _session_for(spec: Spec, session, make_session, endpoint: str):
+    """The session to drive the robot with: one slot per environment the robot announced."""
+    if spec.num_envs == session.batch_size:
+        return session
+    if make_session is None:
+        raise SpecMismatchError(
+            f"robot at {endpoint} runs {spec.num_envs} environments, the session has batch size "
+            f"{session.batch_size}: load it with batch_size={spec.num_envs}"
+        )
+    log.info("robot runs %d environments: loading a session of batch %d", spec.num_envs, spec.num_envs)
+    return make_session(spec.num_envs)
 
 
 class _Lockstep:
@@ -272,6 +308,10 @@ class _Lockstep:
             t_obs - t_prev, t_infer - t_obs, t_filter - t_infer, t_sent - t_filter, t_sent - t_obs
         )
         return t_sent
+
+    @property
+    def env_steps(self) -> int:
+        return self.ticks
 
     def _end_episode(self, msg) -> None:
         self.ep_return += msg.reward

@@ -31,6 +31,12 @@ class StageTimes:
         """The stored rows (oldest first is not guaranteed), int64 ns [n, stages]."""
         return self._ns[: min(self.count, len(self._ns))]
 
+    def save(self, path) -> None:
+        """The recorded rows as .npz: `stages` (names) and `ns` (int64 [n, stages]), for reports
+        that need whole distributions (histograms), not just the summary's percentiles."""
+        with open(path, "wb") as f:  # a file object: np.savez would append .npz to a bare name
+            np.savez(f, stages=np.array(self.stages), ns=self.recorded())
+
     def summary(self) -> dict[str, dict[str, float]]:
         """stage -> {n, p50_us, p99_us, max_us, mean_us}; empty when nothing was recorded."""
         rows = self.recorded()

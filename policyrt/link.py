@@ -50,6 +50,7 @@ class Link:
         self._rcvtimeo = -1  # ZMQ_RCVTIMEO as set on the socket (-1: block forever, the default)
         self.obs_dim: int | None = None  # set from the SPEC; decode then checks OBS/ACT sizes
         self.act_dim: int | None = None
+        self.num_envs: int | None = None  # set from the SPEC; decode then checks batched slot counts
 
     def send(self, frame) -> bool:
         try:
@@ -75,7 +76,7 @@ class Link:
             raise ProtocolError(
                 "length", f"frame of {n} bytes exceeds the {len(self._buf)}-byte receive buffer"
             )
-        return decode(self._view[:n], obs_dim=self.obs_dim, act_dim=self.act_dim)
+        return decode(self._view[:n], obs_dim=self.obs_dim, act_dim=self.act_dim, num_envs=self.num_envs)
 
     def _spin(self, spin_ns: int) -> int:
         end = time.perf_counter_ns() + spin_ns

@@ -48,6 +48,10 @@ class MsgType(enum.IntEnum):
     CLEAR = 6  # either way: release a latched emergency stop
     HEARTBEAT = 7  # either way: liveness only
     BYE = 8  # either way: the sender ends the session on purpose
+    # The batched extension (docs/PROTOCOL.md, section 10): only in sessions whose SPEC announced
+    # num_envs > 1, so a single-environment session never sees them.
+    OBS_BATCH = 9  # robot -> controller: one row per environment, per-slot flags/episode/step
+    ACT_BATCH = 10  # controller -> robot: one action row per environment, per-slot flags
 
 
 class ObsFlag(enum.IntFlag):
@@ -61,12 +65,34 @@ class ActFlag(enum.IntFlag):
     ESTOP = 2  # the controller has an emergency stop latched: go safe
 
 
+class SlotFlag(enum.IntFlag):
+    """Per-slot flags of an OBS_BATCH row: ObsFlag's bits plus IDLE. (ACT_BATCH rows carry
+    ActFlag bits.)"""
+
+    RESET = 1  # the slot's first observation of a new episode; its reward is 0
+    TERMINATED = 2  # the slot's episode ended in a terminal state; its action row is ignored
+    TRUNCATED = 4  # the slot's episode was cut off; its action row is ignored
+    IDLE = 8  # the slot runs no episode this tick: the row is zeros, its action row is ignored
+
+
 # Flag bits a message type may carry; anything else is rejected, so a future flag can never be
 # silently ignored by an older peer (new flags come with a new VERSION).
 ALLOWED_FLAGS = {
     MsgType.OBS: int(ObsFlag.RESET | ObsFlag.TERMINATED | ObsFlag.TRUNCATED),
     MsgType.ACT: int(ActFlag.FALLBACK | ActFlag.ESTOP),
 }
+# Per-slot flag bits of the batched messages (their header flags stay 0).
+ALLOWED_SLOT_FLAGS = {
+    MsgType.OBS_BATCH: int(SlotFlag.RESET | SlotFlag.TERMINATED | SlotFlag.TRUNCATED | SlotFlag.IDLE),
+    MsgType.ACT_BATCH: int(ActFlag.FALLBACK | ActFlag.ESTOP),
+}
+MAX_NUM_ENVS = 65535  # the SPEC's limit; in practice a batched frame must also fit MAX_FRAME_BYTES
+
+
+def batch_frame_bytes(mtype: MsgType, num_envs: int, dim: int) -> int:
+    """Size of an OBS_BATCH (dim = obs_dim) or ACT_BATCH (dim = act_dim) frame."""
+    per_slot = 3 + dim + 1 if mtype is MsgType.OBS_BATCH else 1 + dim
+    return HEADER_SIZE + 4 * num_envs * per_slot
 
 # Types whose payload must be empty in this version.
 _EMPTY_TYPES = (MsgType.HELLO, MsgType.ESTOP, MsgType.CLEAR, MsgType.HEARTBEAT, MsgType.BYE)
@@ -111,6 +137,9 @@ class Spec:
     obs_names: tuple[str, ...] = ()
     act_names: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict)  # unknown JSON keys, kept for the curious
+    # Environments behind this endpoint. 1 is a classic session (OBS/ACT, and the SPEC's JSON
+    # carries no num_envs key, byte-identical to before); > 1 means OBS_BATCH/ACT_BATCH.
+    num_envs: int = 1
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         low = self.action_low if self.action_low is not None else np.full(self.act_dim, -np.inf)
@@ -120,7 +149,9 @@ class Spec:
 
 class Message(NamedTuple):
     """One decoded frame. `values` is a float32 view into the received buffer: copy it if you
-    keep it past the next receive into that buffer."""
+    keep it past the next receive into that buffer. Batched frames carry 2-D `values` (one row
+    per slot) and `slots`, a uint32 view [3, P] of the per-slot flags, episode and step (for
+    ACT_BATCH [1, P]: flags only)."""
 
     type: MsgType
     flags: int
@@ -131,14 +162,20 @@ class Message(NamedTuple):
     step: int
     values: np.ndarray  # OBS: obs then reward; ACT: action; SPEC: its numeric part; else empty
     spec: Spec | None = None  # SPEC only
+    slots: np.ndarray | None = None  # OBS_BATCH / ACT_BATCH only
 
     @property
     def obs(self) -> np.ndarray:
-        return self.values[:-1]
+        return self.values[..., :-1]
 
     @property
     def reward(self) -> float:
         return float(self.values[-1])
+
+    @property
+    def rewards(self) -> np.ndarray:
+        """OBS_BATCH: the reward column, one per slot."""
+        return self.values[:, -1]
 
 
 # Lookups by the raw header byte: a dict hit is ~10x cheaper than calling the enum, and decode
@@ -147,12 +184,15 @@ _TYPE_BY_CODE = {int(t): t for t in MsgType}
 _FLAGS_BY_CODE = {int(t): ALLOWED_FLAGS.get(t, 0) for t in MsgType}
 
 
-def decode(frame, *, obs_dim: int | None = None, act_dim: int | None = None) -> Message:
+def decode(
+    frame, *, obs_dim: int | None = None, act_dim: int | None = None, num_envs: int | None = None
+) -> Message:
     """Decode and validate one frame (bytes, bytearray or memoryview, exactly the frame's bytes).
 
-    obs_dim / act_dim come from the SPEC of the session; when given, OBS and ACT payloads must
-    match them. Raises ProtocolError on anything the specification does not allow; the checks
-    run in the order docs/PROTOCOL.md section 7 lists, so every implementation names the same kind.
+    obs_dim / act_dim / num_envs come from the SPEC of the session; when given, OBS and ACT
+    payloads must match them (batched frames cannot be read without the dims at all). Raises
+    ProtocolError on anything the specification does not allow; the checks run in the order
+    docs/PROTOCOL.md section 7 lists, so every implementation names the same kind.
     """
     n = len(frame)
     if n < HEADER_SIZE:
@@ -192,6 +232,8 @@ def decode(frame, *, obs_dim: int | None = None, act_dim: int | None = None) -> 
         if not np.isfinite(values).all():
             raise ProtocolError("nonfinite", f"{mtype.name} seq {seq} carries NaN or infinity")
         return Message(mtype, flags, seq, ack, ts, episode, step, values)
+    if mtype is MsgType.OBS_BATCH or mtype is MsgType.ACT_BATCH:
+        return _decode_batch(frame, mtype, seq, ack, ts, episode, step, plen, obs_dim, act_dim, num_envs)
     if mtype is MsgType.SPEC:
         spec, values = _decode_spec(frame, plen)
         return Message(mtype, flags, seq, ack, ts, episode, step, values, spec)
@@ -202,6 +244,39 @@ def decode(frame, *, obs_dim: int | None = None, act_dim: int | None = None) -> 
 
 _EMPTY = np.zeros(0, _F32)
 _EMPTY.flags.writeable = False
+_U32 = np.dtype("<u4")
+
+
+def _decode_batch(frame, mtype, seq, ack, ts, episode, step, plen, obs_dim, act_dim, num_envs) -> Message:
+    """OBS_BATCH: u32 flags[P], u32 episode[P], u32 step[P], f32 rows[P][obs_dim + 1].
+    ACT_BATCH: u32 flags[P], f32 rows[P][act_dim]. P follows from payload_len and the dims."""
+    is_obs = mtype is MsgType.OBS_BATCH
+    dim = obs_dim if is_obs else act_dim
+    if dim is None:
+        raise ProtocolError("unexpected", f"{mtype.name} before SPEC: its layout needs the session's dims")
+    columns, table_rows = (dim + 1, 3) if is_obs else (dim, 1)
+    slot_bytes = 4 * (table_rows + columns)
+    if plen == 0 or plen % slot_bytes:
+        raise ProtocolError(
+            "length", f"{mtype.name} payload of {plen} bytes is not a whole number of {slot_bytes}-byte slots"
+        )
+    count = plen // slot_bytes
+    if num_envs is not None and count != num_envs:
+        raise ProtocolError("dims", f"{mtype.name} holds {count} slots, SPEC says num_envs={num_envs}")
+    slots = np.frombuffer(frame, _U32, table_rows * count, HEADER_SIZE).reshape(table_rows, count)
+    values = np.frombuffer(frame, _F32, count * columns, HEADER_SIZE + 4 * table_rows * count)
+    values = values.reshape(count, columns)
+    undefined = slots[0] & np.uint32(~ALLOWED_SLOT_FLAGS[mtype] & 0xFFFFFFFF)
+    if undefined.any():
+        slot = int(np.flatnonzero(undefined)[0])
+        raise ProtocolError(
+            "flags",
+            f"{mtype.name} slot {slot} has flags 0x{int(slots[0][slot]):04x}; "
+            f"allowed 0x{ALLOWED_SLOT_FLAGS[mtype]:04x}",
+        )
+    if not np.isfinite(values).all():
+        raise ProtocolError("nonfinite", f"{mtype.name} seq {seq} carries NaN or infinity")
+    return Message(mtype, 0, seq, ack, ts, episode, step, values, None, slots)
 
 
 def _decode_spec(frame, plen: int) -> tuple[Spec, np.ndarray]:
@@ -226,7 +301,9 @@ def _decode_spec(frame, plen: int) -> tuple[Spec, np.ndarray]:
         raise ProtocolError("spec", f"action bounds are NaN or low > high: low={low}, high={high}")
     text = bytes(frame[HEADER_SIZE + 4 * count : HEADER_SIZE + plen])
     info = _decode_spec_text(text, obs_dim, act_dim)
+    num_envs = info.pop("num_envs", 1)
     spec = Spec(
+        num_envs=num_envs,
         obs_dim=obs_dim,
         act_dim=act_dim,
         control_rate_hz=rate or None,
@@ -257,6 +334,9 @@ def _decode_spec_text(text: bytes, obs_dim: int, act_dim: int) -> dict:
             raise ProtocolError("spec", f"SPEC '{key}' must be a list of strings")
         if names and len(names) != dim:
             raise ProtocolError("spec", f"SPEC has {len(names)} {key} for dimension {dim}")
+    num_envs = info.get("num_envs", 1)
+    if isinstance(num_envs, bool) or not isinstance(num_envs, int) or not 1 <= num_envs <= MAX_NUM_ENVS:
+        raise ProtocolError("spec", f"SPEC 'num_envs' must be an integer in 1..{MAX_NUM_ENVS}, got {num_envs!r}")
     return info
 
 
@@ -266,11 +346,14 @@ class Encoder:
 
     OBS and ACT are written into buffers allocated once for the session's dims; the returned
     bytearray is reused by the next call of the same kind, so send it before encoding another.
+    num_envs > 1 also preallocates the batched frames (OBS_BATCH, ACT_BATCH).
     """
 
-    def __init__(self, obs_dim: int = 0, act_dim: int = 0):
+    def __init__(self, obs_dim: int = 0, act_dim: int = 0, num_envs: int = 1):
         self._seq = 0
-        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.obs_dim, self.act_dim, self.num_envs = obs_dim, act_dim, num_envs
+        if num_envs > 1:
+            self._init_batch_buffers(num_envs)
         self._obs_buf = bytearray(HEADER_SIZE + 4 * (obs_dim + 1))
         self._obs_values = np.frombuffer(self._obs_buf, _F32, obs_dim + 1, HEADER_SIZE)
         self._act_buf = bytearray(HEADER_SIZE + 4 * act_dim)
@@ -314,6 +397,37 @@ class Encoder:
         self._header(self._act_buf, MsgType.ACT, flags, ack, episode, step, 4 * self.act_dim)
         return self._act_buf
 
+    def _init_batch_buffers(self, n: int) -> None:
+        obs_cols, act_cols = self.obs_dim + 1, self.act_dim
+        self._obs_batch_buf = bytearray(HEADER_SIZE + 4 * n * (3 + obs_cols))
+        self._obs_batch_slots = np.frombuffer(self._obs_batch_buf, _U32, 3 * n, HEADER_SIZE).reshape(3, n)
+        self._obs_batch_values = np.frombuffer(
+            self._obs_batch_buf, _F32, n * obs_cols, HEADER_SIZE + 12 * n
+        ).reshape(n, obs_cols)
+        self._act_batch_buf = bytearray(HEADER_SIZE + 4 * n * (1 + act_cols))
+        self._act_batch_flags = np.frombuffer(self._act_batch_buf, _U32, n, HEADER_SIZE)
+        self._act_batch_values = np.frombuffer(
+            self._act_batch_buf, _F32, n * act_cols, HEADER_SIZE + 4 * n
+        ).reshape(n, act_cols)
+
+    def obs_batch(self, obs, rewards, flags, episodes, steps) -> bytearray:
+        """OBS_BATCH: obs [P, obs_dim], rewards/flags/episodes/steps [P]."""
+        self._obs_batch_values[:, :-1] = obs
+        self._obs_batch_values[:, -1] = rewards
+        slots = self._obs_batch_slots
+        slots[0], slots[1], slots[2] = flags, episodes, steps
+        plen = len(self._obs_batch_buf) - HEADER_SIZE
+        self._header(self._obs_batch_buf, MsgType.OBS_BATCH, 0, 0, 0, 0, plen)
+        return self._obs_batch_buf
+
+    def act_batch(self, actions, flags, *, ack: int) -> bytearray:
+        """ACT_BATCH answering OBS_BATCH `ack`: actions [P, act_dim], per-slot flags [P]."""
+        self._act_batch_values[:] = actions
+        self._act_batch_flags[:] = flags
+        plen = len(self._act_batch_buf) - HEADER_SIZE
+        self._header(self._act_batch_buf, MsgType.ACT_BATCH, 0, ack, 0, 0, plen)
+        return self._act_batch_buf
+
     def control(self, mtype: MsgType, *, ack: int = 0, episode: int = 0, step: int = 0) -> bytearray:
         """HELLO, ESTOP, CLEAR, HEARTBEAT or BYE: a header with an empty payload."""
         if mtype not in _EMPTY_TYPES:
@@ -329,6 +443,8 @@ class Encoder:
         ).astype(_F32)
         info = dict(spec.extra)
         info.update(robot=spec.robot, obs_names=list(spec.obs_names), act_names=list(spec.act_names))
+        if spec.num_envs != 1:  # absent for one environment: a classic SPEC stays byte-identical
+            info["num_envs"] = int(spec.num_envs)
         text = json.dumps(info, separators=(",", ":")).encode("utf-8")
         payload = floats.tobytes() + text
         buf = bytearray(HEADER_SIZE + len(payload))

@@ -7,6 +7,9 @@ answered); the environment is reset and the next OBS carries the reset flag.
 
 A controller that goes silent for `controller_timeout_s` ends the run with a clear message
 instead of a hang; malformed ACTs are counted per kind and logged once per kind.
+
+`num_envs > 1` serves that many environments to one controller with batched frames
+(sim/batched_server.py, docs/PROTOCOL.md section 10).
 """
 
 from __future__ import annotations
@@ -21,14 +24,37 @@ import zmq
 
 from policyrt.controllers.timing import StageTimes, now_ns
 from policyrt.link import Link
-from policyrt.protocol import ActFlag, Encoder, ErrorTally, Message, MsgType, ObsFlag, ProtocolError, Spec
+from policyrt.protocol import (
+    MAX_FRAME_BYTES,
+    MAX_NUM_ENVS,
+    ActFlag,
+    Encoder,
+    ErrorTally,
+    Message,
+    MsgType,
+    ObsFlag,
+    ProtocolError,
+    Spec,
+    batch_frame_bytes,
+)
 
 log = logging.getLogger(__name__)
 
-MODES = ("lockstep",)
-_ESTOP = int(
-    ActFlag.ESTOP
-)  # a plain int: `int & IntFlag` is slow on the per-step path  # "realtime" is planned: see docs/PROTOCOL.md
+MODES = ("lockstep",)  # "realtime" is planned: see docs/PROTOCOL.md
+_ESTOP = int(ActFlag.ESTOP)  # a plain int: `int & IntFlag` is slow on the per-step path
+# first: seed the first reset, later resets continue the environment's RNG (the original scheme;
+#        reproducible for one environment and a given controller).
+# episode: episode k (counted over the whole run, not per slot) resets with episode_seed(seed, k),
+#        so a run sees the same episodes whatever the number of environments or the policy.
+SEEDINGS = ("first", "episode")
+
+
+def episode_seed(seed: int, episode: int) -> int:
+    """Reset seed of episode `episode` under the 'episode' seeding (docs/ARCHITECTURE.md, eval).
+
+    A SeedSequence over (seed, episode) instead of seed + episode: runs with neighbouring seeds
+    must not share shifted copies of the same episodes."""
+    return int(np.random.SeedSequence([seed, episode]).generate_state(1)[0])
 
 
 @dataclass(frozen=True)
@@ -38,6 +64,8 @@ class EpisodeStats:
     length: int
     terminated: bool
     truncated: bool
+    slot: int = 0  # which environment ran it (0 for a single-environment server)
+    seed: int | None = None  # the reset seed; None where the episode continued the RNG
 
 
 @dataclass(frozen=True)
@@ -55,6 +83,9 @@ class ServeResult:
     errors: dict[str, int]  # rejected controller messages per kind
     estops: int  # times an emergency stop was latched
     timing: dict[str, dict[str, float]]  # "answer": OBS sent -> its ACT decoded; "env_step"
+    num_envs: int = 1
+    seeding: str = "first"
+    session_s: float = 0.0  # from the first OBS sent to the stop: steps / session_s is steps/s
 
     @property
     def returns(self) -> list[float]:
@@ -64,13 +95,31 @@ class ServeResult:
         return asdict(self)
 
 
+def _check_layout(num_envs: int, seeding: str) -> None:
+    if seeding not in SEEDINGS:
+        raise ValueError(f"unknown seeding {seeding!r}; available: {', '.join(SEEDINGS)}")
+    if not 1 <= num_envs <= MAX_NUM_ENVS:
+        raise ValueError(f"num_envs must be in 1..{MAX_NUM_ENVS}, got {num_envs}")
+    if num_envs > 1 and seeding != "episode":
+        raise ValueError("several environments need seeding 'episode': 'first' depends on which slot runs what")
+
+
+def _check_frame_fits(spec: Spec) -> None:
+    size = batch_frame_bytes(MsgType.OBS_BATCH, spec.num_envs, spec.obs_dim)
+    if spec.num_envs > 1 and size > MAX_FRAME_BYTES:
+        raise ValueError(
+            f"{spec.num_envs} environments of obs_dim {spec.obs_dim} make {size}-byte OBS_BATCH frames; "
+            f"receivers take at most {MAX_FRAME_BYTES}: use fewer environments"
+        )
+
+
 def make_env(env_id: str, **kwargs):
     import gymnasium  # the sim extra; imported here so result types load without it
 
     return gymnasium.make(env_id, **kwargs)
 
 
-def spec_for_env(env_id: str, env) -> Spec:
+def spec_for_env(env_id: str, env, num_envs: int = 1) -> Spec:
     """Dims, rate and bounds from the spaces; actuator names from the MuJoCo model when present."""
     core = env.unwrapped
     act_names: tuple[str, ...] = ()
@@ -86,6 +135,7 @@ def spec_for_env(env_id: str, env) -> Spec:
         action_high=np.asarray(env.action_space.high, np.float32).ravel(),
         robot=env_id,
         act_names=act_names if len(act_names) == int(np.prod(env.action_space.shape)) else (),
+        num_envs=num_envs,
     )
 
 
@@ -101,24 +151,42 @@ def serve(
     env_kwargs: dict | None = None,
     spin_us: int = 0,
     context: zmq.Context | None = None,
+    num_envs: int = 1,
+    seeding: str | None = None,
+    stage_times_path: str | Path | None = None,
 ) -> ServeResult:
     """Serve `env_id` on `bind` to one controller session and return what happened.
 
     episodes: stop after this many completed episodes (None: until the controller leaves).
-    seed: seeds the first reset; later resets continue the environment's RNG, so a run is
-    reproducible for a given controller. connect_timeout_s: how long to wait for the first
-    HELLO (None: forever). results_path: also write the result as JSON there.
-    spin_us: busy-poll for each ACT this long before blocking (benchmarks).
+    seed, seeding: see SEEDINGS; the default is 'first' for one environment (seeds the first
+    reset, later resets continue the RNG, so a run is reproducible for a given controller) and
+    'episode' for several. connect_timeout_s: how long to wait for the first HELLO (None:
+    forever). results_path: also write the result as JSON there. spin_us: busy-poll for each ACT
+    this long before blocking (benchmarks). num_envs: environments served at once in batched
+    frames. stage_times_path: write the raw per-tick stage durations (.npz, ns) there.
     """
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not supported yet; available: {', '.join(MODES)}")
-    env = make_env(env_id, **(env_kwargs or {}))
+    seeding = seeding or ("first" if num_envs == 1 else "episode")
+    _check_layout(num_envs, seeding)
+    envs = [make_env(env_id, **(env_kwargs or {})) for _ in range(num_envs)]
     try:
+        spec = spec_for_env(env_id, envs[0], num_envs)
+        _check_frame_fits(spec)
         with Link(bind, bind=True, context=context) as link:
-            server = _LockstepServer(env, spec_for_env(env_id, env), link, seed, spin_us)
+            if num_envs == 1:
+                server = _LockstepServer(envs[0], spec, link, seed, spin_us, seeding)
+            else:
+                from .batched_server import BatchedLockstepServer
+
+                server = BatchedLockstepServer(envs, spec, link, seed, spin_us)
             stop, detail = server.run(episodes, controller_timeout_s, connect_timeout_s)
+            session_s = (now_ns() - server.t_start) / 1e9 if server.t_start else 0.0
     finally:
-        env.close()
+        for env in envs:
+            env.close()
+    if stage_times_path is not None:
+        server.times.save(stage_times_path)
     result = ServeResult(
         env_id=env_id,
         bind=bind,
@@ -131,6 +199,9 @@ def serve(
         errors=dict(server.errors.counts),
         estops=server.estops,
         timing=server.times.summary(),
+        num_envs=num_envs,
+        seeding=seeding,
+        session_s=round(session_s, 6),
     )
     (log.error if stop in ("controller_lost", "no_controller") else log.info)(
         "sim server stopped: %s", detail
@@ -147,8 +218,10 @@ class _SessionEnded(Exception):
 
 
 class _LockstepServer:
-    def __init__(self, env, spec: Spec, link: Link, seed: int, spin_us: int):
-        self.env, self.spec, self.link, self.seed = env, spec, link, seed
+    act_type = MsgType.ACT  # the message that answers an observation
+
+    def __init__(self, env, spec: Spec, link: Link, seed: int, spin_us: int, seeding: str = "first"):
+        self.env, self.spec, self.link, self.seed, self.seeding = env, spec, link, seed, seeding
         self.spin_ns = max(0, int(spin_us * 1000))
         link.obs_dim, link.act_dim = spec.obs_dim, spec.act_dim
         self.enc = Encoder(obs_dim=spec.obs_dim, act_dim=spec.act_dim)
@@ -166,6 +239,8 @@ class _LockstepServer:
         self.t_sent = 0
         self.estop = False
         self.seeded = False
+        self.t_start = 0  # now_ns() of the session's first OBS
+        self.ep_seed: int | None = None  # reset seed of the running episode
 
     def run(self, episodes: int | None, timeout_s: float, connect_timeout_s: float | None) -> tuple[str, str]:
         ep = self.link.endpoint
@@ -221,6 +296,7 @@ class _LockstepServer:
         controller started over (restarted process): the running episode is abandoned."""
         self.link.send(self.enc.spec(self.spec, ack=hello.seq))
         self._abandon_episode()
+        self.t_start = self.t_start or now_ns()
         self._reset()
 
     def _abandon_episode(self) -> None:
@@ -229,11 +305,12 @@ class _LockstepServer:
             self.ep_len = 0
 
     def _reset(self) -> None:
-        if self.seeded:
-            obs, _ = self.env.reset()
+        if self.seeding == "episode":
+            self.ep_seed = episode_seed(self.seed, self.episode)
         else:
-            obs, _ = self.env.reset(seed=self.seed)
-            self.seeded = True
+            self.ep_seed = None if self.seeded else self.seed
+        obs, _ = self.env.reset(seed=self.ep_seed)
+        self.seeded = True
         self.ep_return, self.ep_len = 0.0, 0
         self._send_obs(obs, 0.0, ObsFlag.RESET)
 
@@ -253,12 +330,11 @@ class _LockstepServer:
             if msg is None:
                 raise _SessionEnded(
                     "controller_lost",
-                    f"no message from the controller for {timeout_s:g} s while waiting for the ACT "
-                    f"to OBS seq {self.pending} (episode {self.episode}, step {self.ep_len}): "
-                    f"it disappeared or stalled; exiting",
+                    f"no message from the controller for {timeout_s:g} s while waiting for "
+                    f"{self._awaited()}: it disappeared or stalled; exiting",
                 )
             mtype = msg.type
-            if mtype is MsgType.ACT:
+            if mtype is self.act_type:
                 if msg.ack == self.pending:
                     return msg
                 self.errors.add(
@@ -277,6 +353,9 @@ class _LockstepServer:
                 self._set_estop(False)
             elif mtype is not MsgType.HEARTBEAT:
                 self.errors.add(ProtocolError("unexpected", f"{mtype.name} from the controller"))
+
+    def _awaited(self) -> str:
+        return f"the ACT to OBS seq {self.pending} (episode {self.episode}, step {self.ep_len})"
 
     def _step(self, act: Message) -> bool:
         """Apply the ACT, step, send the next OBS. True when the episode ended (the caller
@@ -299,7 +378,9 @@ class _LockstepServer:
         flags = (ObsFlag.TERMINATED if terminated else 0) | (ObsFlag.TRUNCATED if truncated else 0)
         self._send_obs(obs, reward, flags)
         self.episodes.append(
-            EpisodeStats(self.episode, self.ep_return, self.ep_len, bool(terminated), bool(truncated))
+            EpisodeStats(
+                self.episode, self.ep_return, self.ep_len, bool(terminated), bool(truncated), 0, self.ep_seed
+            )
         )
         log.info("episode %d: return %.2f over %d steps", self.episode, self.ep_return, self.ep_len)
         self.episode += 1
@@ -321,7 +402,8 @@ class _LockstepServer:
 def format_result(result: ServeResult) -> str:
     from policyrt.controllers.timing import format_table
 
-    lines = [f"{result.env_id}: stopped: {result.stop_reason} ({result.detail}); {result.steps} steps"]
+    envs = f" x {result.num_envs} environments" if result.num_envs > 1 else ""
+    lines = [f"{result.env_id}{envs}: stopped: {result.stop_reason} ({result.detail}); {result.steps} steps"]
     if result.episodes:
         rets = np.array(result.returns)
         lines.append(

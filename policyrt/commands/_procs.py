@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+# The server logs one line per completed episode (sim/server.py, sim/batched_server.py); counting
+# them is the progress signal, with no extra channel between the processes.
+_EPISODE_LINE = re.compile(r"policyrt\.sim\.\w+ INFO: episode \d+( \(slot \d+\))?: return ")
 
 
 def policyrt_cmd(*args: str) -> list[str]:
@@ -15,37 +23,86 @@ def policyrt_cmd(*args: str) -> list[str]:
 
 
 def closed_loop(bundle: str, env_id: str, episodes: int, endpoint: str | None = None, seed: int = 0,
-                backend: str = "auto", spin_us: int = 0, timeout_s: float = 600.0) -> tuple[dict, dict]:
-    """Run `policyrt sim serve` and `policyrt run` against each other; returns (server, controller) results."""
+                backend: str = "auto", spin_us: int = 0, timeout_s: float = 600.0, *, num_envs: int = 1,
+                seeding: str | None = None, env_args: Sequence[str] = (), stage_times_dir: Path | None = None,
+                on_episode: Callable[[int], None] | None = None) -> tuple[dict, dict]:
+    """Run `policyrt sim serve` and `policyrt run` against each other; returns (server, controller) results.
+
+    num_envs: environments in the server (one session of that batch in the controller). seeding:
+    the server's --seeding. env_args: KEY=VALUE passed to gymnasium.make. stage_times_dir: keep the
+    raw stage durations there (server_times.npz, controller_times.npz). on_episode(n): called with
+    the number of completed episodes each time one ends.
+    """
     with tempfile.TemporaryDirectory(prefix="policyrt-loop-") as tmp:  # results and the ipc socket
-        return _closed_loop(Path(tmp), bundle, env_id, episodes, endpoint, seed, backend, spin_us, timeout_s)
+        work = Path(tmp)
+        server_args = ["--env", env_id, "--episodes", str(episodes), "--seed", str(seed), "--spin-us", str(spin_us),
+                       "--connect-timeout", "60", "--num-envs", str(num_envs)]
+        server_args += ["--seeding", seeding] if seeding else []
+        for item in env_args:
+            server_args += ["--env-arg", item]
+        controller_args = [bundle, "--episodes", str(episodes), "--backend", backend, "--spin-us", str(spin_us)]
+        if stage_times_dir is not None:
+            server_args += ["--stage-times", str(Path(stage_times_dir) / "server_times.npz")]
+            controller_args += ["--stage-times", str(Path(stage_times_dir) / "controller_times.npz")]
+        return _closed_loop(work, endpoint or f"ipc://{work}/robot.sock", server_args, controller_args,
+                            timeout_s, on_episode)
 
 
-def _closed_loop(work: Path, bundle, env_id, episodes, endpoint, seed, backend, spin_us, timeout_s):
-    endpoint = endpoint or f"ipc://{work}/robot.sock"
+class _OutputDrain:
+    """Reads a process's output on a thread: the pipe never fills up (a long run logs a line per
+    episode) and the tail stays available for error messages."""
+
+    def __init__(self, proc: subprocess.Popen, on_line: Callable[[str], None] | None = None):
+        self.tail: deque[str] = deque(maxlen=60)
+        self._thread = threading.Thread(target=self._read, args=(proc, on_line), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc, on_line) -> None:
+        for line in proc.stdout:
+            self.tail.append(line)
+            if on_line is not None:
+                on_line(line)
+
+    def text(self) -> str:
+        self._thread.join(timeout=5)
+        return "".join(self.tail)
+
+
+def _closed_loop(work: Path, endpoint: str, server_args: list[str], controller_args: list[str], timeout_s: float,
+                 on_episode: Callable[[int], None] | None) -> tuple[dict, dict]:
     server_json, controller_json = work / "server.json", work / "controller.json"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     server = subprocess.Popen(
-        policyrt_cmd("sim", "serve", "--env", env_id, "--bind", endpoint, "--episodes", str(episodes),
-                     "--seed", str(seed), "--results", str(server_json), "--spin-us", str(spin_us),
-                     "--connect-timeout", "60"),
+        policyrt_cmd("sim", "serve", "--bind", endpoint, "--results", str(server_json), *server_args),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
     controller = subprocess.Popen(
-        policyrt_cmd("run", bundle, "--connect", endpoint, "--episodes", str(episodes), "--backend", backend,
-                     "--spin-us", str(spin_us), "--results", str(controller_json)),
+        policyrt_cmd("run", controller_args[0], "--connect", endpoint, "--results", str(controller_json),
+                     *controller_args[1:]),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
+    done = [0]
+
+    def count_episodes(line: str) -> None:
+        if on_episode is not None and _EPISODE_LINE.search(line):
+            done[0] += 1
+            on_episode(done[0])
+
+    server_out, controller_out = _OutputDrain(server, count_episodes), _OutputDrain(controller)
     try:
-        c_out, _ = controller.communicate(timeout=timeout_s)
-        s_out, _ = server.communicate(timeout=30)
+        controller.wait(timeout=timeout_s)
+        if controller.returncode != 0:  # the server would only wait for its connect timeout
+            server.kill()
+        server.wait(timeout=30)
     except subprocess.TimeoutExpired:
         controller.kill()
         server.kill()
+        controller.wait()
+        server.wait()
         raise RuntimeError(f"closed loop did not finish within {timeout_s:.0f} s") from None
     if controller.returncode != 0 or server.returncode != 0 or not controller_json.exists() or not server_json.exists():
         raise RuntimeError(
             f"closed loop failed (controller exit {controller.returncode}, server exit {server.returncode})\n"
-            f"--- controller ---\n{c_out[-3000:]}\n--- server ---\n{s_out[-3000:]}"
+            f"--- controller ---\n{controller_out.text()[-3000:]}\n--- server ---\n{server_out.text()[-3000:]}"
         )
     return json.loads(server_json.read_text()), json.loads(controller_json.read_text())

@@ -11,7 +11,9 @@ DESCRIPTION = """\
 Load a policy bundle and act as the controller of the robot bound at ENDPOINT: say HELLO, check
 the robot's SPEC against the bundle, then answer every observation with the policy's action,
 clipped to the action bounds. Prints episode returns and per-stage latencies (receive, infer,
-filter, send) at the end, including after Ctrl-C."""
+filter, send) at the end, including after Ctrl-C. A robot that announces several environments
+(e.g. `policyrt sim serve --num-envs 16`) gets one session of that batch size, each slot
+resetting on its own."""
 
 EXAMPLES = """\
 examples:
@@ -63,6 +65,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="give up on a silent robot after S seconds",
     )
     p.add_argument("--results", metavar="PATH", help="write the summary (episodes, errors, timing) as JSON")
+    p.add_argument(
+        "--stage-times", metavar="PATH", help="write the raw per-tick stage durations (.npz, nanoseconds)"
+    )
     p.set_defaults(handler=handle)
     return p
 
@@ -72,6 +77,8 @@ def handle(args: argparse.Namespace) -> int:
     from policyrt.controllers.loop import SpecMismatchError, format_summary, run_lockstep
     from policyrt.runtime import load
 
+    # Loaded before connecting, so a broken bundle or backend fails before the robot waits; a
+    # robot with several environments gets a session of its batch size instead (imports warm).
     session = load(args.bundle, backend=args.backend)
     try:
         result = run_lockstep(
@@ -80,6 +87,7 @@ def handle(args: argparse.Namespace) -> int:
             episodes=args.episodes,
             spin_us=args.spin_us,
             robot_timeout_s=args.robot_timeout,
+            make_session=lambda batch: load(args.bundle, backend=args.backend, batch_size=batch),
         )
     except (SpecMismatchError, TimeoutError) as exc:
         print(f"policyrt run: {exc}", file=sys.stderr)
@@ -91,4 +99,6 @@ def handle(args: argparse.Namespace) -> int:
     if args.results:
         with open(args.results, "w") as f:
             json.dump(result.to_dict(), f, indent=2)
+    if args.stage_times and result.stage_times is not None:
+        result.stage_times.save(args.stage_times)
     return 1 if result.stop_reason in _FAILED else 0

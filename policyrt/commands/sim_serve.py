@@ -5,18 +5,26 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 
 DESCRIPTION = """\
 Serve a Gymnasium MuJoCo environment as a stand-in robot. The server binds ENDPOINT, waits for a
 controller's HELLO, announces the environment (SPEC) and steps it with the controller's actions,
 one ACT per observation (lockstep). It stops after --episodes episodes, when the controller says
-BYE, or when the controller is silent for --controller-timeout seconds."""
+BYE, or when the controller is silent for --controller-timeout seconds.
+
+--num-envs P serves P copies of the environment to one controller in batched frames (one row per
+environment, each resetting on its own; the controller steps one session of batch P). Seeding:
+'first' seeds the first reset and continues the RNG (the default for one environment); 'episode'
+resets episode k of the run with a seed derived from (--seed, k), so every run with the same seed
+plays the same episodes whatever P is (the default, and the only choice, for P > 1)."""
 
 EXAMPLES = """\
 examples:
   policyrt sim serve --env InvertedPendulum-v5 --bind tcp://127.0.0.1:5555
   policyrt sim serve --env Hopper-v5 --bind ipc:///tmp/hopper.sock --episodes 10 --results hopper.json
   policyrt sim serve --env InvertedPendulum-v5 --bind tcp://127.0.0.1:5555 --env-arg max_episode_steps=200
+  policyrt sim serve --env InvertedPendulum-v5 --bind ipc:///tmp/pend.sock --num-envs 16 --episodes 64
 
 then, in another shell:
   policyrt run bundles/inverted-pendulum-xlstm.policy --connect tcp://127.0.0.1:5555"""
@@ -30,6 +38,13 @@ def _env_arg(text: str) -> tuple[str, object]:
         return key, json.loads(value)
     except ValueError:
         return key, value  # a bare string such as render_mode=rgb_array
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"seed must be >= 0, got {value}")
+    return value
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -49,7 +64,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=None,
         help="stop after N episodes (default: until the controller leaves)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the first reset (default: 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the run (default: 0)")
+    p.add_argument(
+        "--num-envs", type=int, default=1, metavar="P", help="environments served at once (default: 1)"
+    )
+    p.add_argument(
+        "--seeding",
+        choices=["first", "episode"],
+        default=None,
+        help="first: seed the first reset only; episode: every episode from (seed, episode index) "
+        "(default: first for one environment, episode for several)",
+    )
     p.add_argument(
         "--controller-timeout",
         type=float,
@@ -76,6 +101,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--spin-us", type=int, default=0, metavar="US", help="busy-poll each ACT this long before blocking"
     )
+    p.add_argument(
+        "--stage-times", metavar="PATH", help="write the raw per-tick stage durations (.npz, nanoseconds)"
+    )
     p.set_defaults(handler=handle)
     return p
 
@@ -84,7 +112,17 @@ def handle(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     from policyrt.sim.server import format_result, serve
 
-    result = serve(
+    try:  # serve refuses impossible layouts (P < 1, P > 1 with seeding 'first') before binding
+        result = _serve(args, serve)
+    except ValueError as err:
+        print(f"policyrt sim serve: {err}", file=sys.stderr)
+        return 2
+    print(format_result(result), flush=True)
+    return 1 if result.stop_reason in ("controller_lost", "no_controller") else 0
+
+
+def _serve(args, serve):
+    return serve(
         args.env,
         args.bind,
         mode=args.mode,
@@ -95,6 +133,7 @@ def handle(args: argparse.Namespace) -> int:
         results_path=args.results,
         env_kwargs=dict(args.env_arg),
         spin_us=args.spin_us,
+        num_envs=args.num_envs,
+        seeding=args.seeding,
+        stage_times_path=args.stage_times,
     )
-    print(format_result(result), flush=True)
-    return 1 if result.stop_reason in ("controller_lost", "no_controller") else 0

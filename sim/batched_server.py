@@ -1,0 +1,155 @@
+"""The sim server with P environments behind one endpoint: batched lockstep (OBS_BATCH/ACT_BATCH).
+
+Each tick the server sends one OBS_BATCH with a row per environment ("slot") and waits for the
+ACT_BATCH answering it, then steps every running slot with its action row. Slots end and restart
+on their own, like the single-environment server spread over P lanes: a slot whose episode ends
+sends its terminal row (TERMINATED/TRUNCATED; its action row is ignored), and on the next tick
+either starts the next episode (a RESET row) or, once every requested episode has been handed
+out, goes IDLE. Episodes are numbered over the whole run and episode k always resets with
+`episode_seed(seed, k)`, so the same episodes are played whatever P is and whichever slot gets
+them. Exactly `episodes` episodes are started, so none is lost or counted twice.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from policyrt.controllers.timing import now_ns
+from policyrt.link import Link
+from policyrt.protocol import Encoder, Message, MsgType, SlotFlag, Spec
+
+from .server import _ESTOP, EpisodeStats, _LockstepServer, episode_seed
+
+log = logging.getLogger(__name__)
+
+_RESET, _IDLE = int(SlotFlag.RESET), int(SlotFlag.IDLE)
+_TERMINATED, _TRUNCATED = int(SlotFlag.TERMINATED), int(SlotFlag.TRUNCATED)
+_ENDED = _TERMINATED | _TRUNCATED
+
+
+@dataclass
+class _Running:
+    """The episode a slot is playing."""
+
+    index: int
+    seed: int
+    ep_return: float = 0.0
+    length: int = 0
+
+
+class BatchedLockstepServer(_LockstepServer):
+    """Reuses the single server's session handling (HELLO, BYE, ESTOP, silence, stale ACTs);
+    replaces what one tick does. `_step` returns True once every requested episode ended."""
+
+    act_type = MsgType.ACT_BATCH
+
+    def __init__(self, envs: list, spec: Spec, link: Link, seed: int, spin_us: int):
+        super().__init__(envs[0], spec, link, seed, spin_us, seeding="episode")
+        n = len(envs)
+        self.envs = envs
+        link.num_envs = n
+        self.enc = Encoder(obs_dim=spec.obs_dim, act_dim=spec.act_dim, num_envs=n)
+        # The next OBS_BATCH, assembled in place; its flags also tell `_step` what each slot did.
+        self.obs = np.zeros((n, spec.obs_dim), np.float32)
+        self.rewards = np.zeros(n, np.float32)
+        self.flags = np.zeros(n, np.uint32)
+        self.slot_episode = np.zeros(n, np.uint32)
+        self.slot_step = np.zeros(n, np.uint32)
+        self.running: list[_Running | None] = [None] * n
+        self.quota: int | None = None
+        self.next_episode = 0
+        self.redo: list[int] = []  # indices of abandoned episodes, replayed before new ones
+
+    def run(self, episodes: int | None, timeout_s: float, connect_timeout_s: float | None) -> tuple[str, str]:
+        self.quota = episodes
+        return super().run(episodes, timeout_s, connect_timeout_s)
+
+    def _awaited(self) -> str:
+        live = sum(r is not None for r in self.running)
+        return (
+            f"the ACT_BATCH to OBS_BATCH seq {self.pending} ({live} of {len(self.envs)} slots running; "
+            f"a controller that predates batched sessions cannot answer OBS_BATCH)"
+        )
+
+    def _abandon_episode(self) -> None:
+        """A controller that starts over or leaves abandons every running episode; their indices
+        are played again (same seeds) if the session goes on."""
+        for i, run in enumerate(self.running):
+            if run is not None:
+                self.aborted += run.length > 0
+                heapq.heappush(self.redo, run.index)
+                self.running[i] = None
+
+    def _reset(self) -> None:
+        """Session start: every slot starts an episode (or idles) and the first batch goes out."""
+        for i in range(len(self.envs)):
+            self._start_slot(i)
+        self._send_batch()
+
+    def _take_episode(self) -> int | None:
+        if self.redo:
+            return heapq.heappop(self.redo)
+        if self.quota is not None and self.next_episode >= self.quota:
+            return None
+        self.next_episode += 1
+        return self.next_episode - 1
+
+    def _start_slot(self, i: int) -> None:
+        index = self._take_episode()
+        self.rewards[i] = 0.0
+        if index is None:
+            self.running[i] = None
+            self.obs[i] = 0.0
+            self.flags[i], self.slot_episode[i], self.slot_step[i] = _IDLE, 0, 0
+            return
+        seed = episode_seed(self.seed, index)
+        obs, _ = self.envs[i].reset(seed=seed)
+        self.running[i] = _Running(index, seed)
+        self.obs[i] = np.ravel(obs)
+        self.flags[i], self.slot_episode[i], self.slot_step[i] = _RESET, index, 0
+
+    def _send_batch(self) -> None:
+        frame = self.enc.obs_batch(self.obs, self.rewards, self.flags, self.slot_episode, self.slot_step)
+        self.pending = self.enc.last_seq
+        self.t_sent = now_ns()
+        self.link.send(frame)  # a failed send shows up as the controller's silence
+
+    def _step(self, act: Message) -> bool:
+        t_act = now_ns()
+        if (act.slots[0] & _ESTOP).any():
+            self._set_estop(True)
+        actions = act.values
+        for i, env in enumerate(self.envs):
+            if self.flags[i] & _ENDED:  # its terminal row went out last tick: move on
+                self._start_slot(i)
+                continue
+            run = self.running[i]
+            if run is None:  # idle
+                continue
+            self.action[...] = self.safe_action if self.estop else actions[i].reshape(self.action.shape)
+            obs, reward, terminated, truncated, _ = env.step(self.action)
+            run.length += 1
+            run.ep_return += float(reward)
+            self.steps += 1
+            self.obs[i] = np.ravel(obs)
+            self.rewards[i] = reward
+            self.slot_step[i] = run.length
+            self.flags[i] = (_TERMINATED if terminated else 0) | (_TRUNCATED if truncated else 0)
+            if terminated or truncated:
+                self._end_episode(i, run, bool(terminated), bool(truncated))
+        self.times.record(t_act - self.t_sent, now_ns() - t_act)
+        self._send_batch()
+        return self.quota is not None and len(self.episodes) >= self.quota
+
+    def _end_episode(self, slot: int, run: _Running, terminated: bool, truncated: bool) -> None:
+        self.running[slot] = None
+        self.episodes.append(
+            EpisodeStats(run.index, run.ep_return, run.length, terminated, truncated, slot, run.seed)
+        )
+        log.info(
+            "episode %d (slot %d): return %.2f over %d steps", run.index, slot, run.ep_return, run.length
+        )
