@@ -385,10 +385,11 @@ def lint_bundle(bundle, target: str = "trt10.3", precision: str = "fp32") -> lis
     import onnx
 
     model = onnx.load(str(bundle.onnx_path))
-    reports = [lint_model(model, target, precision, "policy.onnx")]
+    name = f"{bundle.path.name}/policy.onnx"
+    reports = [lint_model(model, target, precision, name)]
     if precision == "fp16" and TARGETS[target].strongly_typed:
         from .fp16 import convert_to_fp16
 
         state_names = [s.name for s in bundle.manifest.state]
-        reports.append(lint_model(convert_to_fp16(model, state_names), target, precision, "policy.onnx (fp16 pass)"))
+        reports.append(lint_model(convert_to_fp16(model, state_names), target, precision, f"{name} (fp16 pass)"))
     return reports

@@ -6,7 +6,12 @@ cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 echo "== ruff"
 .venv/bin/ruff check .
-echo "== Python 3.10 compatibility of policyrt/ runtime/ controllers/ (vermin)"
-.venv/bin/vermin --target=3.10- --violations --no-tips --eval-annotations --backport dataclasses policyrt runtime controllers
+echo "== Python 3.10 compatibility of policyrt/ runtime/ controllers/ and the board-side export modules (vermin)"
+.venv/bin/vermin --target=3.10- --violations --no-tips --eval-annotations --backport dataclasses policyrt runtime controllers \
+    export/trt_build.py export/trt_builder.py export/trt_lint.py export/trt_ops.py export/fp16.py
+echo "== TensorRT lint of every shipped bundle (all generations, fp16: the stricter precision)"
+for bundle in bundles/*.policy; do
+    .venv/bin/python -m policyrt.cli lint "$bundle" --target all --precision fp16 | grep -E "^(lint|  ERROR|  WARNING|FAIL)"
+done
 echo "== pytest"
 .venv/bin/python -m pytest "$@"
