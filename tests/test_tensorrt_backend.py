@@ -143,3 +143,20 @@ def test_cli_verify_tensorrt_exit_code_and_json(bundle_with_engine, stand_in, ca
     doc = json.loads(capsys.readouterr().out)
     assert doc["ok"] and doc["tolerance"] == TENSORRT_FP16_TOLERANCE and doc["stamp"].endswith("fp16.plan.verified.json")
     assert np.isfinite(doc["outputs"]["action"]["max_abs"])
+
+
+def test_latency_script_runs_its_timing_path_on_the_cpu_backend(tmp_path):
+    pytest.importorskip("onnxruntime")
+    import importlib.util as util
+
+    from conftest import ROOT
+
+    spec = util.spec_from_file_location("trt_latency", ROOT / "benchmarks" / "trt_latency.py")
+    script = util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "latency.json"
+    assert script.main([str(SHIPPED_BUNDLE), "--backend", "onnxruntime", "--batch", "1", "2", "--steps", "5",
+                        "--warmup", "1", "--json", str(out)]) == 0
+    records = json.loads(out.read_text())
+    assert [(r["batch"], r["cuda_graphs"]) for r in records] == [(1, False), (2, False)]
+    assert all(0 < r["p50_us"] <= r["p99_us"] for r in records)
