@@ -69,21 +69,13 @@ def test_pack_layout_aligns_and_never_overlaps():
 
 
 @pytest.mark.parametrize("kind", ["xlstm", "dt"])
-def test_cpu_wiring_reproduces_parity_like_onnxruntime(kind, monkeypatch):
+def test_cpu_wiring_reproduces_parity_like_onnxruntime(kind):
     """With device='cpu' the backend's buffers and ping-pong pass verify, and agree with ONNX Runtime."""
     pytest.importorskip("onnxruntime")
     from policyrt.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
     bundle = open_bundle(SHIPPED[kind])
-    original = runtime.make_backend
-
-    def make_backend(bundle, name, batch_size, **options):  # verify_backend takes no backend options
-        if name == "torch-cuda":
-            return TorchCudaBackend(bundle, batch_size, device="cpu", cuda_graphs=False)
-        return original(bundle, name, batch_size, **options)
-
-    monkeypatch.setattr(runtime, "make_backend", make_backend)
-    report = verify_backend(bundle, "torch-cuda")
+    report = verify_backend(bundle, "torch-cuda", device="cpu", cuda_graphs=False)
     assert report.ok and report.backend == "torch-cuda", report.table()
     inputs = parity_inputs(bundle.parity())
     ours = replay(cpu_backend(SHIPPED[kind], inputs["obs"].shape[1]), inputs)
