@@ -16,7 +16,7 @@ from policyrt.bundle import Bundle
 DEFAULT_TOLERANCE = 1e-5  # fp32 max abs
 # A TensorRT engine is judged looser than ONNX Runtime: its kernels (and their reduction orders) differ
 # from the CPU's, and it is built on the board, so a tolerance of parity.json's 1e-5 would fail on rounding.
-TENSORRT_FP32_TOLERANCE = 1e-4
+GPU_FP32_TOLERANCE = TENSORRT_FP32_TOLERANCE = 1e-4
 # fp16 engines: the projections compute in fp16 (export/fp16.py). Measured on the shipped bundles' parity
 # rollouts with that graph on ONNX Runtime CPU (fp16 MatMul/Gemm kernels, fp32 accumulation like TensorRT's
 # tensor cores): max abs action error 5.9e-4 (xLSTM) and 1.0e-3 (DT), states within 4.7e-4 of their size.
@@ -128,7 +128,10 @@ def compare(name: str, got: np.ndarray, want: np.ndarray, tolerance: float, size
 
 
 def default_tolerance(backend, parity: dict) -> float:
-    """parity.json's tolerance for the CPU backends; TensorRT engines by precision (see the constants above)."""
+    """parity.json's tolerance for the CPU backends; GPU backends as issue 6 sets them: fp32 kernels on a
+    GPU (TF32 off) reorder reductions, so 1e-4; TensorRT fp16 engines by their documented bound."""
+    if backend.name == "torch-cuda" and backend.device.type == "cuda":
+        return GPU_FP32_TOLERANCE
     if backend.name == "tensorrt":
         return TENSORRT_FP16_TOLERANCE if getattr(backend, "precision", "fp32") == "fp16" else TENSORRT_FP32_TOLERANCE
     return float(parity.get("tolerance", DEFAULT_TOLERANCE))
