@@ -12,6 +12,7 @@ from .commands import (
     collect,
     compare,
     demo,
+    eval,
     export,
     info,
     lint,
@@ -32,6 +33,7 @@ the whole path:
   policyrt train xlstm --data data/pendulum --out checkpoints/pendulum-xlstm
   policyrt export checkpoints/pendulum-xlstm --out bundles/inverted-pendulum-xlstm.policy
   policyrt verify bundles/inverted-pendulum-xlstm.policy
+  policyrt eval bundles/inverted-pendulum-xlstm.policy --env InvertedPendulum-v5 --episodes 20 --parallel 10 --report eval/
   policyrt demo
 
 each subcommand has its own --help."""
@@ -47,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim_commands = sim.add_subparsers(dest="sim_command", required=True, metavar="SIM_COMMAND")
     collect.add_parser(sim_commands)
     sim_serve.add_parser(sim_commands)
-    for module in (train, export, info, lint, build_engine, verify, compare, run, bench, demo):
+    for module in (train, export, info, lint, build_engine, verify, compare, run, eval, bench, demo):
         module.add_parser(commands)
     return parser
 

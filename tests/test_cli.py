@@ -10,7 +10,7 @@ import pytest
 from policyrt.cli import main
 
 COMMANDS = [[], ["sim"], ["sim", "collect"], ["sim", "serve"], ["train"], ["train", "xlstm"], ["train", "dt"], ["export"],
-            ["info"], ["lint"], ["build-engine"], ["verify"], ["compare"], ["run"], ["bench"], ["demo"]]
+            ["info"], ["lint"], ["build-engine"], ["verify"], ["compare"], ["run"], ["eval"], ["bench"], ["demo"]]
 
 
 @pytest.mark.parametrize("words", COMMANDS, ids=lambda w: " ".join(w) or "policyrt")

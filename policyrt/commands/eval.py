@@ -1,0 +1,99 @@
+"""`policyrt eval`: closed-loop evaluation of a bundle against P simulated environments."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+DESCRIPTION = """\
+Evaluate a bundle in closed loop, over the wire protocol: a sim server process runs --parallel P
+copies of the environment, a controller process steps ONE session of batch P (each slot resetting
+on its own), and N episodes are spread over the P slots. Episode k always resets with a seed
+derived from (--seed, k), so runs with the same seed play the same episodes whatever P is; the
+scripted expert replays them for reference. Prints the returns and the throughput; --report DIR
+writes report.json, report.md and PNG plots (return per episode with the expert's, latency
+histograms). --compare evaluates a second bundle, or the same bundle on --compare-backend, on the
+same seeds and reports the return difference."""
+
+EXAMPLES = """\
+examples:
+  policyrt eval bundles/inverted-pendulum-xlstm.policy --env InvertedPendulum-v5 --episodes 20 --parallel 10 --report eval/
+  policyrt eval bundles/inverted-pendulum-xlstm.policy --env InvertedPendulum-v5 --episodes 4 --compare-backend torch
+  policyrt eval a.policy --env InvertedDoublePendulum-v5 --episodes 50 --parallel 16 --compare b.policy --report ab/"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "eval",
+        help="closed-loop evaluation: N episodes over P parallel environments, report and plots",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("bundle", help="bundle directory (NAME.policy/) or .tar")
+    p.add_argument("--env", required=True, metavar="ENV_ID", help="Gymnasium MuJoCo id, e.g. InvertedPendulum-v5")
+    p.add_argument("--episodes", type=int, required=True, metavar="N", help="episodes to play in total")
+    p.add_argument("--parallel", type=int, default=1, metavar="P",
+                   help="environments at once, one session of batch P (default 1; capped at N)")
+    p.add_argument("--backend", default="auto", help="auto (ONNX Runtime), onnxruntime or torch (default: auto)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the evaluation (default 0)")
+    p.add_argument("--max-episode-steps", type=int, metavar="T", help="time limit (default: the environment's)")
+    p.add_argument("--report", metavar="DIR", help="write report.json, report.md and PNG plots there")
+    p.add_argument("--compare", metavar="BUNDLE2", help="also evaluate this bundle on the same seeds")
+    p.add_argument("--compare-backend", metavar="B2",
+                   help="backend of the comparison (default: --backend); without --compare, the same bundle")
+    p.set_defaults(handler=handle)
+    return p
+
+
+class _Progress:
+    """Episodes done per run: one rewritten line on a terminal, a line per tenth otherwise (logs)."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self._last = (None, -1)
+        self._started = time.monotonic()
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        tenth = done * 10 // total
+        if done == 0:  # a run starts (process start-up and session loading count from here)
+            self._started = time.monotonic()
+        elapsed = time.monotonic() - self._started
+        text = f"eval {label}: {done}/{total} episodes, {elapsed:.0f} s"
+        if self.tty:
+            self.stream.write("\r" + text + ("\n" if done == total else ""))
+        elif (label, tenth) != self._last:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+        self._last = (label, tenth)
+
+
+def handle(args) -> int:
+    from policyrt.sim.eval_report import summary_lines, write_report
+    from policyrt.sim.evaluate import Candidate, EvalConfig, EvalError, evaluate
+
+    parallel = min(args.parallel, args.episodes) if args.episodes >= 1 else args.parallel
+    if parallel != args.parallel:
+        print(f"policyrt eval: --parallel {args.parallel} > --episodes {args.episodes}: using {parallel} environments",
+              file=sys.stderr)
+    cfg = EvalConfig(env_id=args.env, episodes=args.episodes, parallel=parallel, seed=args.seed,
+                     max_episode_steps=args.max_episode_steps)
+    candidate = Candidate(args.bundle, args.backend)
+    compare = None
+    if args.compare or args.compare_backend:
+        compare = Candidate(args.compare or args.bundle, args.compare_backend or args.backend)
+    try:
+        report = evaluate(cfg, candidate, compare, progress=_Progress())
+    except EvalError as err:
+        print(f"policyrt eval: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:  # a closed loop that failed or lost count: its output is in the message
+        print(f"policyrt eval: {err}", file=sys.stderr)
+        return 1
+    print("\n".join(summary_lines(report)))
+    if args.report:
+        for path in write_report(report, args.report):
+            print(f"wrote {path}")
+    return 0
