@@ -232,3 +232,14 @@ def test_estop_turns_every_row_into_the_flagged_fallback():
     np.testing.assert_array_equal(act.values, [[0.5], [0.5]])  # zero clipped into [0.5, 3]
     assert (act.slots[0] == int(ActFlag.FALLBACK | ActFlag.ESTOP)).all()
     assert result.fallbacks == 2
+
+
+def test_the_batched_loop_and_the_eval_command_stay_board_side_clean():
+    """Importing them pulls no torch, mujoco or gymnasium (the controller runs on the board)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, policyrt.controllers.batched_loop, policyrt.commands.eval, policyrt.commands._procs; "
+            "bad = [m for m in ('torch', 'mujoco', 'gymnasium') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
