@@ -91,6 +91,36 @@ def test_each_slot_ends_and_resets_on_its_own_and_exactly_n_episodes_are_played(
     assert report["errors"] == {}
 
 
+def test_a_controller_that_starts_over_gets_the_abandoned_episodes_again_with_their_seeds(tmp_path):
+    ep = endpoint_for("ipc")
+    results = tmp_path / "serve.json"
+    server = start_sim_server(ep, "--num-envs", "2", "--episodes", "3", "--env-arg", "max_episode_steps=3",
+                              results=results)
+    ctl = RawController(ep)
+    enc = Encoder(act_dim=1, num_envs=2)
+    try:
+        ctl.hello()
+        ctl.link.num_envs = 2
+        first = ctl.recv()
+        ctl.send(enc.act_batch(np.zeros((2, 1)), np.zeros(2), ack=first.seq))
+        ctl.recv()  # episodes 0 and 1 are one step in
+        ctl.hello()  # the controller restarts
+        again = ctl.recv()
+        assert again.type is MsgType.OBS_BATCH
+        assert again.slots[0].tolist() == [SlotFlag.RESET] * 2 and again.slots[1].tolist() == [0, 1]
+        np.testing.assert_array_equal(again.values, first.values)  # same seeds, same initial states
+        msg = again
+        while msg.type is not MsgType.BYE:
+            ctl.send(enc.act_batch(np.zeros((2, 1)), np.zeros(2), ack=msg.seq))
+            msg = ctl.recv()
+    finally:
+        ctl.close()
+    server.communicate(timeout=PATIENCE_S)
+    report = json.loads(results.read_text())
+    assert report["aborted_episodes"] == 2
+    assert sorted(e["index"] for e in report["episodes"]) == [0, 1, 2]
+
+
 def test_a_controller_that_cannot_answer_batches_ends_the_server_with_a_clear_message():
     ep = endpoint_for("ipc")
     server = start_sim_server(ep, "--num-envs", "2", "--controller-timeout", "1")

@@ -75,11 +75,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def handle(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     from policyrt.controllers.loop import SpecMismatchError, format_summary, run_lockstep
-    from policyrt.runtime import load
+    from policyrt.runtime import BundleError, load
 
     # Loaded before connecting, so a broken bundle or backend fails before the robot waits; a
     # robot with several environments gets a session of its batch size instead (imports warm).
-    session = load(args.bundle, backend=args.backend)
+    try:
+        session = load(args.bundle, backend=args.backend)
+    except BundleError as exc:
+        print(f"policyrt run: {exc}", file=sys.stderr)
+        return 2
     try:
         result = run_lockstep(
             session,
