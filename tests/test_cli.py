@@ -39,3 +39,17 @@ def test_info_refuses_a_corrupted_bundle(tiny_bundle, tmp_path, capsys):
     (copy / "parity.json").write_text("{}")
     assert main(["info", str(copy)]) == 1
     assert "parity.json: sha256 does not match" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend, message", [("tpu", "unknown backend 'tpu'"), ("tensorrt", "TensorRT")])
+def test_run_refuses_an_unusable_backend_in_one_line(tiny_bundle, capsys, backend, message):
+    pytest.importorskip("onnxruntime")
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("TensorRT is installed here: the unverified-engine path is tested in the TensorRT tests")
+    assert main(["run", str(tiny_bundle), "--connect", "ipc:///tmp/policyrt-never.sock", "--backend", backend]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("policyrt run:") and message in err and "Traceback" not in err

@@ -45,7 +45,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--mode", choices=["lockstep"], default="lockstep", help="lockstep (the only mode so far)")
     p.add_argument(
-        "--backend", default="auto", help="auto (ONNX Runtime), onnxruntime or torch (default: auto)"
+        "--backend", default="auto",
+        help="auto (ONNX Runtime), onnxruntime, torch, torch-cuda or tensorrt (an engine verified on this board) "
+        "(default: auto)"
     )
     p.add_argument(
         "--episodes", type=int, default=None, help="stop after N episodes (default: until the robot leaves)"
@@ -81,7 +83,9 @@ def handle(args: argparse.Namespace) -> int:
     # robot with several environments gets a session of its batch size instead (imports warm).
     try:
         session = load(args.bundle, backend=args.backend)
-    except BundleError as exc:
+    except (BundleError, ImportError, RuntimeError, ValueError) as exc:
+        # A refused bundle, a missing backend library, an unverified TensorRT engine, an unknown
+        # backend: one line that says what to do, not a traceback.
         print(f"policyrt run: {exc}", file=sys.stderr)
         return 2
     try:
