@@ -66,6 +66,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="S",
         help="give up on a silent robot after S seconds",
     )
+    p.add_argument("--target-return", type=float, metavar="R",
+                   help="return to command at every reset (default: the bundle's target_return); a lower "
+                   "one asks a return-conditioned policy for a worse episode")
     p.add_argument("--results", metavar="PATH", help="write the summary (episodes, errors, timing) as JSON")
     p.add_argument(
         "--stage-times", metavar="PATH", help="write the raw per-tick stage durations (.npz, nanoseconds)"
@@ -74,15 +77,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _load(args: argparse.Namespace, batch_size: int):
+    """The session of the bundle, commanding --target-return when given (it stays across resets)."""
+    from policyrt.runtime import load
+
+    session = load(args.bundle, backend=args.backend, batch_size=batch_size)
+    if args.target_return is not None:
+        session.set_target_return(args.target_return)
+    return session
+
+
 def handle(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     from policyrt.controllers.loop import SpecMismatchError, format_summary, run_lockstep
-    from policyrt.runtime import BundleError, load
+    from policyrt.runtime import BundleError
 
     # Loaded before connecting, so a broken bundle or backend fails before the robot waits; a
     # robot with several environments gets a session of its batch size instead (imports warm).
     try:
-        session = load(args.bundle, backend=args.backend)
+        session = _load(args, batch_size=1)
     except (BundleError, ImportError, RuntimeError, ValueError) as exc:
         # A refused bundle, a missing backend library, an unverified TensorRT engine, an unknown
         # backend: one line that says what to do, not a traceback.
@@ -95,7 +108,7 @@ def handle(args: argparse.Namespace) -> int:
             episodes=args.episodes,
             spin_us=args.spin_us,
             robot_timeout_s=args.robot_timeout,
-            make_session=lambda batch: load(args.bundle, backend=args.backend, batch_size=batch),
+            make_session=lambda batch: _load(args, batch_size=batch),
         )
     except (SpecMismatchError, TimeoutError) as exc:
         print(f"policyrt run: {exc}", file=sys.stderr)
