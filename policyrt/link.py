@@ -31,7 +31,13 @@ class Link:
         bind: bool,
         context: zmq.Context | None = None,
         send_timeout_ms: int = 1000,
+        curve=None,
     ):
+        """curve: None (plain ZeroMQ), or a CURVE setup from policyrt.controllers.auth
+        (`CurveServer` for a binding robot side, `CurveClient` for a connecting controller); its
+        `configure(socket, bind=, context=)` runs before bind/connect, since ZeroMQ applies security
+        options only to connections made after they are set. Only setup changes: the send and
+        receive paths are the same with or without it."""
         self.endpoint = endpoint
         self._ctx = context or zmq.Context.instance()
         self.sock = self._ctx.socket(zmq.DEALER)
@@ -40,6 +46,8 @@ class Link:
         # DEALER blocks a send while it has no connected peer; bound it so a vanished peer
         # shows up as a failed send, never as a hang.
         self.sock.setsockopt(zmq.SNDTIMEO, send_timeout_ms)
+        if curve is not None:
+            curve.configure(self.sock, bind=bind, context=self._ctx)
         if bind:
             self.sock.bind(endpoint)
         else:
