@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
+import zmq.auth
 
 SERVER = "server"
 AUTHORIZED = "authorized_clients"

@@ -15,6 +15,7 @@ from .commands import (
     eval,
     export,
     info,
+    keys,
     lint,
     run,
     sim_serve,
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim_commands = sim.add_subparsers(dest="sim_command", required=True, metavar="SIM_COMMAND")
     collect.add_parser(sim_commands)
     sim_serve.add_parser(sim_commands)
-    for module in (train, export, info, lint, build_engine, verify, compare, run, eval, bench, demo):
+    for module in (train, export, info, lint, build_engine, verify, compare, run, eval, bench, demo, keys):
         module.add_parser(commands)
     return parser
 

@@ -154,6 +154,7 @@ def serve(
     num_envs: int = 1,
     seeding: str | None = None,
     stage_times_path: str | Path | None = None,
+    curve=None,
 ) -> ServeResult:
     """Serve `env_id` on `bind` to one controller session and return what happened.
 
@@ -163,7 +164,8 @@ def serve(
     'episode' for several. connect_timeout_s: how long to wait for the first HELLO (None:
     forever). results_path: also write the result as JSON there. spin_us: busy-poll for each ACT
     this long before blocking (benchmarks). num_envs: environments served at once in batched
-    frames. stage_times_path: write the raw per-tick stage durations (.npz, ns) there.
+    frames. stage_times_path: write the raw per-tick stage durations (.npz, ns) there. curve: a
+    CURVE server setup (policyrt.controllers.auth.load_server) for the bound socket, or None.
     """
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not supported yet; available: {', '.join(MODES)}")
@@ -173,7 +175,7 @@ def serve(
     try:
         spec = spec_for_env(env_id, envs[0], num_envs)
         _check_frame_fits(spec)
-        with Link(bind, bind=True, context=context) as link:
+        with Link(bind, bind=True, context=context, curve=curve) as link:
             if num_envs == 1:
                 server = _LockstepServer(envs[0], spec, link, seed, spin_us, seeding)
             else:

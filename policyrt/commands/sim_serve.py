@@ -104,16 +104,37 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--stage-times", metavar="PATH", help="write the raw per-tick stage durations (.npz, nanoseconds)"
     )
+    p.add_argument(
+        "--curve-keys",
+        metavar="DIR",
+        help="encrypt and authenticate with CURVE: DIR from `policyrt keys generate` (server.key_secret, "
+        "authorized_clients/); only the controllers authorized there get through",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow binding an address reachable from other machines without --curve-keys",
+    )
     p.set_defaults(handler=handle)
     return p
 
 
 def handle(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    from policyrt.controllers.auth import check_endpoint, load_server
     from policyrt.sim.server import format_result, serve
 
     try:  # serve refuses impossible layouts (P < 1, P > 1 with seeding 'first') before binding
-        result = _serve(args, serve)
+        # AuthError is a ValueError: refused endpoints and missing keys are one line, exit 2.
+        check_endpoint(
+            args.bind,
+            secured=bool(args.curve_keys),
+            insecure=args.insecure,
+            what="--bind",
+            how="--curve-keys DIR",
+        )
+        curve = load_server(args.curve_keys) if args.curve_keys else None
+        result = _serve(args, serve, curve)
     except ValueError as err:
         print(f"policyrt sim serve: {err}", file=sys.stderr)
         return 2
@@ -121,7 +142,7 @@ def handle(args: argparse.Namespace) -> int:
     return 1 if result.stop_reason in ("controller_lost", "no_controller") else 0
 
 
-def _serve(args, serve):
+def _serve(args, serve, curve=None):
     return serve(
         args.env,
         args.bind,
@@ -136,4 +157,5 @@ def _serve(args, serve):
         num_envs=args.num_envs,
         seeding=args.seeding,
         stage_times_path=args.stage_times,
+        curve=curve,
     )
