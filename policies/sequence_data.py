@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
+LABELS = ("applied", "expert")
 
-def episode_arrays(dataset) -> list[dict[str, np.ndarray]]:
+
+def episode_arrays(dataset, labels: str = "applied") -> list[dict[str, np.ndarray]]:
     """Per episode, aligned on t: obs, the applied action, the previous applied action and reward,
     the return-to-go before t (the episode's own return: return-conditioned), the timestep, and the
-    label (the expert's clean action for obs_t)."""
+    label for obs_t: the action applied (`applied`: learn what each episode did, so a low commanded
+    return reproduces a poor episode's behaviour) or the expert's clean one (`expert`: pure
+    behaviour cloning, the return token then barely matters)."""
+    if labels not in LABELS:
+        raise ValueError(f"labels must be one of {', '.join(LABELS)}, got {labels!r}")
     out = []
     for ep in dataset.episodes:
         t_len = len(ep)
@@ -24,7 +30,7 @@ def episode_arrays(dataset) -> list[dict[str, np.ndarray]]:
             "prev_reward": prev_reward,
             "rtg": rtg,
             "timestep": np.arange(t_len, dtype=np.int64),
-            "label": ep.expert_actions,
+            "label": ep.actions if labels == "applied" else ep.expert_actions,
         })
     return out
 

@@ -1,9 +1,10 @@
-"""Return-conditioned Decision Transformer training on expert sequences. Read top to bottom.
+"""Return-conditioned Decision Transformer training on demonstration sequences. Read top to bottom.
 
 Windows of K timesteps (left-padded at episode starts, as the policy sees them when deployed) carry
 (return-to-go / scale, normalized obs, applied action, timestep); the loss is the mean squared error
-of the action predicted at every state token against the expert's clean action, in units of the
-action half-range. This is the original DT objective with behaviour-cloning labels.
+of the action predicted at every state token against the label, in units of the action half-range:
+the action the episode applied (the original DT objective; with mixed-quality data the return token
+selects the behaviour) or, with `--labels expert`, the scripted expert's clean action.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class TrainDTArgs:
     """Timestep embedding table size."""
     return_scale: float = 1000.0
     """Return-to-go is divided by this in the token."""
+    labels: str = "applied"
+    """Action label: `applied` (the action each episode took; with mixed-quality data the return token
+    then selects the behaviour) or `expert` (the scripted expert's clean action: behaviour cloning)."""
     threads: int = 1
     """Torch intra-op threads (one is steady on a shared 2-core machine)."""
     save_every: int = 250
@@ -90,7 +94,7 @@ def train(args: TrainDTArgs, progress: bool = True, command: str | None = None) 
         optimizer,
         lambda s: min(1.0, (s + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(s, args.steps) / args.steps))),
     )
-    episodes = episode_arrays(dataset)
+    episodes = episode_arrays(dataset, args.labels)
     half_range = torch.tensor((np.array(high) - np.array(low)) / 2, dtype=torch.float32)
     meta = {
         "trained_with": {k: str(v) for k, v in vars(args).items()},

@@ -1,9 +1,11 @@
-"""Behaviour cloning of the xLSTM policy on expert sequences. Read top to bottom.
+"""Return-conditioned training of the xLSTM policy on demonstration sequences. Read top to bottom.
 
 Each training sample is a window of one episode; the token at t carries o_t, the action applied at t-1,
 the reward of t-1 and the return-to-go before t (the episode's own return, so the policy is
-return-conditioned). The label is the expert's clean action for o_t, even where the data was collected
-with noisy applied actions: the noise widens the states seen, the label stays good.
+return-conditioned). By default the label is the action the episode applied: on data that mixes
+expert, noisy and half-random episodes, the return token is then what tells the policy which
+behaviour to produce, and a lower commanded return gives a worse controller. `--labels expert`
+instead clones the expert's clean action everywhere (the noise only widens the states seen).
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ class TrainXLSTMArgs:
     """Heads per mLSTM block."""
     return_scale: float = 1000.0
     """Return-to-go is divided by this in the token."""
+    labels: str = "applied"
+    """Action label: `applied` (the action each episode took; with mixed-quality data the return token
+    then selects the behaviour) or `expert` (the scripted expert's clean action: behaviour cloning)."""
     threads: int = 1
     """Torch intra-op threads. One is steady on a shared 2-core machine: more threads spin-wait and
     slow down badly as soon as another process competes for the cores."""
@@ -88,7 +93,7 @@ def train(args: TrainXLSTMArgs, progress: bool = True, command: str | None = Non
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(s, args.steps) / args.steps))
     )
-    episodes = episode_arrays(dataset)
+    episodes = episode_arrays(dataset, args.labels)
     half_range = torch.tensor((np.array(high) - np.array(low)) / 2, dtype=torch.float32)
     meta = {
         "trained_with": {k: str(v) for k, v in vars(args).items()},

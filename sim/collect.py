@@ -17,20 +17,26 @@ class CollectConfig:
     expert: str = "lqr"
     episodes: int = 50
     action_noise: tuple[float, ...] = (0.0,)
-    """Std of Gaussian noise added to the applied action (labels stay the expert's clean action).
-    Several levels mix dataset quality: episode i uses level i mod len(levels)."""
+    """Std of Gaussian noise added to the applied action. Several levels mix dataset quality:
+    episode i uses level i mod len(levels)."""
+    random_mix: tuple[float, ...] = (0.0,)
+    """Weight w of a uniformly random action blended into the expert's: applied = (1-w) expert +
+    w random (+ noise). Episode i uses level i mod len(levels). Unlike zero-mean noise, this makes
+    the average behaviour of a poor episode differ from the expert's (a weaker controller), which is
+    what a return-conditioned policy can learn to reproduce when asked for a lower return."""
     format: str = "minari"
     """minari (readable by minari.load_dataset) or npz."""
     seed: int = 0
 
 
-def run_episode(env, expert, rng: np.random.Generator, noise: float, seed: int | None) -> Episode:
+def run_episode(env, expert, rng: np.random.Generator, noise: float, seed: int | None, mix: float = 0.0) -> Episode:
     obs, _ = env.reset(seed=seed)
     low, high = env.action_space.low, env.action_space.high
     rows: dict[str, list] = {k: [] for k in ("o", "a", "e", "r", "term", "trunc")}
     while True:
         clean = expert.act(env)
-        applied = np.clip(clean + noise * rng.standard_normal(clean.shape), low, high).astype(np.float32)
+        blended = clean if mix == 0.0 else (1.0 - mix) * clean + mix * rng.uniform(low, high)
+        applied = np.clip(blended + noise * rng.standard_normal(clean.shape), low, high).astype(np.float32)
         next_obs, reward, terminated, truncated, _ = env.step(applied)
         for key, value in zip(rows, (obs, applied, clean, reward, terminated, truncated)):
             rows[key].append(value)
@@ -60,13 +66,15 @@ def collect(cfg: CollectConfig, out: Path | None = None, progress: bool = True, 
     bar = tqdm(range(cfg.episodes), desc=f"collect {cfg.env_id}", unit="ep", disable=not progress)
     for i in bar:
         noise = cfg.action_noise[i % len(cfg.action_noise)]
-        episodes.append(run_episode(env, expert, rng, noise, seed=cfg.seed * 100_003 + i))
+        mix = cfg.random_mix[i % len(cfg.random_mix)]
+        episodes.append(run_episode(env, expert, rng, noise, seed=cfg.seed * 100_003 + i, mix=mix))
         bar.set_postfix(ret=f"{episodes[-1].total_return:.0f}")
     env.close()
     meta = {
         "env_id": cfg.env_id,
         "expert": cfg.expert,
         "action_noise": list(cfg.action_noise),
+        "random_mix": list(cfg.random_mix),
         "seed": cfg.seed,
         "command": command,
         "episodes": len(episodes),

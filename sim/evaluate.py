@@ -49,10 +49,11 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class Candidate:
-    """What gets evaluated: a bundle on a backend."""
+    """What gets evaluated: a bundle on a backend, commanding a return (None: the bundle's own)."""
 
     bundle: str
     backend: str = "auto"
+    target_return: float | None = None
 
     @property
     def backend_name(self) -> str:
@@ -63,7 +64,8 @@ class Candidate:
 
     @property
     def label(self) -> str:
-        return f"{Path(self.bundle).name} [{self.backend_name}]"
+        target = "" if self.target_return is None else f" target {self.target_return:g}"
+        return f"{Path(self.bundle).name} [{self.backend_name}]{target}"
 
 
 # --- inputs -----------------------------------------------------------------------------------
@@ -135,7 +137,7 @@ def run_candidate(cfg: EvalConfig, cand: Candidate, progress: Progress | None = 
         server, controller = closed_loop(
             cand.bundle, cfg.env_id, cfg.episodes, seed=cfg.seed, backend=cand.backend, timeout_s=cfg.timeout_s,
             num_envs=cfg.parallel, seeding="episode", env_args=cfg.env_args(), stage_times_dir=Path(tmp),
-            on_episode=on_episode,
+            on_episode=on_episode, target_return=cand.target_return,
         )
         wall_s = time.monotonic() - started
         stage_ns = {"controller": _load_stage_times(Path(tmp) / "controller_times.npz"),
@@ -147,6 +149,7 @@ def run_candidate(cfg: EvalConfig, cand: Candidate, progress: Progress | None = 
         "label": cand.label,
         "bundle": str(cand.bundle),
         "backend": cand.backend_name,
+        "target_return": cand.target_return,
         "episodes": episodes,
         "return": _stats(returns),
         "length": _stats(lengths),

@@ -113,6 +113,18 @@ def test_compare_onnxruntime_and_torch_on_the_same_seeds_differ_by_nothing(falli
     assert "difference (b - a)" in capsys.readouterr().out
 
 
+def test_compare_target_return_commands_the_return_in_the_second_run_only(falling_bundle, tmp_path, capsys):
+    """The plumbing of --target-return / --compare-target-return down to the controller's session
+    (whether a trained policy obeys is checked on the shipped bundles, tests/test_shipped_policies.py)."""
+    out = tmp_path / "target"
+    assert main(eval_args(falling_bundle, "--compare-target-return", "-50", "--report", str(out))) == 0
+    report = json.loads((out / "report.json").read_text())
+    a, b = report["runs"]
+    assert a["target_return"] is None and b["target_return"] == -50
+    assert b["label"].endswith("target -50") and b["bundle"] == a["bundle"]
+    assert "target -50" in capsys.readouterr().out
+
+
 # --- bad input ------------------------------------------------------------------------------------
 
 

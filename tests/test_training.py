@@ -167,3 +167,31 @@ def test_collect_again_replaces_the_dataset(tmp_path):
     assert main(["sim", "collect", "--episodes", "2", "--out", str(out)]) == 0
     assert len(load_dataset(out).episodes) == 2
     assert [p.name for p in tmp_path.iterdir()] == ["again"]  # no temporary directory left behind
+
+
+def test_random_mix_makes_weaker_episodes_and_labels_follow_the_choice(tmp_path):
+    """--random-mix 0,1: the second episode applies uniformly random actions, so it falls early, and
+    its stored action differs from the expert's clean one; `applied` labels learn what was done."""
+    from policyrt.policies.sequence_data import episode_arrays
+    from policyrt.sim.dataset import load_dataset
+
+    out = tmp_path / "mix"
+    assert main(["sim", "collect", "--env", "InvertedPendulum-v5", "--episodes", "2", "--random-mix", "0,1",
+                 "--out", str(out)]) == 0
+    dataset = load_dataset(out)
+    expert_ep, random_ep = dataset.episodes
+    assert expert_ep.total_return == 1000 and random_ep.total_return < 100
+    np.testing.assert_array_equal(expert_ep.actions, expert_ep.expert_actions)
+    assert np.abs(random_ep.actions - random_ep.expert_actions).mean() > 0.1
+    applied, expert = episode_arrays(dataset, "applied"), episode_arrays(dataset, "expert")
+    np.testing.assert_array_equal(applied[1]["label"], random_ep.actions)
+    np.testing.assert_array_equal(expert[1]["label"], random_ep.expert_actions)
+    assert json.loads((out / "dataset.json").read_text())["random_mix"] == [0.0, 1.0]
+    with pytest.raises(ValueError, match="labels must be one of applied, expert"):
+        episode_arrays(dataset, "clean")
+
+
+def test_random_mix_outside_zero_one_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["sim", "collect", "--random-mix", "0,1.5", "--out", str(tmp_path / "x")])
+    assert "random-mix weights must lie in [0, 1]" in capsys.readouterr().err

@@ -11,10 +11,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="collect expert demonstrations from a MuJoCo environment",
         description="Roll a scripted expert (LQR on the finite-differenced environment step, or inverse "
         "kinematics + PD for Reacher) and write a dataset to DIR: a Minari dataset (default) or npz, plus "
-        "DIR/dataset.json with how it was made. Labels are the expert's clean actions; --action-noise "
-        "perturbs only the applied action, so the data covers states off the expert's path.",
-        epilog="example:\n  policyrt sim collect --env InvertedPendulum-v5 --expert lqr --episodes 40 "
-        "--action-noise 0.5 --out data/pendulum",
+        "DIR/dataset.json with how it was made. Each step stores the applied action and the expert's clean "
+        "action for it. Quality levels, assigned round-robin over episodes: --action-noise adds Gaussian "
+        "noise (states off the expert's path), --random-mix blends in a uniformly random action (a weaker "
+        "controller, the low-return behaviour a return-conditioned policy learns). Prints a summary of "
+        "the returns at the end.",
+        epilog="examples:\n  policyrt sim collect --env InvertedPendulum-v5 --expert lqr --episodes 40 "
+        "--action-noise 0.5 --out data/pendulum\n"
+        "  policyrt sim collect --env InvertedDoublePendulum-v5 --episodes 80 --action-noise 0,0.1,0.1,0 "
+        "--random-mix 0,0,0.5,1 --out data/double-pendulum   # expert, noisy, half-random, random",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--env", default="InvertedPendulum-v5", help="Gymnasium MuJoCo v5 environment id")
@@ -23,6 +28,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--action-noise", type=_levels, default=(0.0,), metavar="STD[,STD...]",
                    help="std of Gaussian noise on the applied action; several levels (e.g. 0,0.5,1) mix "
                    "expert, medium and poor episodes, assigned round-robin")
+    p.add_argument("--random-mix", type=_mix_levels, default=(0.0,), metavar="W[,W...]",
+                   help="weight of a uniformly random action blended into the expert's (0: expert, 1: random); "
+                   "several levels assigned round-robin, paired with --action-noise by episode index")
     p.add_argument("--format", choices=["minari", "npz"], default="minari",
                    help="minari (default; readable by minari.load_dataset with MINARI_DATASETS_PATH=OUT) or npz")
     p.add_argument("--seed", type=int, default=0, help="seed of the episode resets and the noise")
@@ -41,11 +49,18 @@ def _levels(text: str) -> tuple[float, ...]:
     return levels
 
 
+def _mix_levels(text: str) -> tuple[float, ...]:
+    levels = _levels(text)
+    if any(v > 1 for v in levels):
+        raise argparse.ArgumentTypeError(f"random-mix weights must lie in [0, 1], got {text!r}")
+    return levels
+
+
 def handle(args) -> int:
     from policyrt.sim.collect import CollectConfig, collect, summary
 
     cfg = CollectConfig(env_id=args.env, expert=args.expert, episodes=args.episodes,
-                        action_noise=args.action_noise, seed=args.seed, format=args.format)
+                        action_noise=args.action_noise, random_mix=args.random_mix, seed=args.seed, format=args.format)
     dataset = collect(cfg, out=args.out, command=args.command_line)
     print(f"{args.out}: {summary(dataset)}")
     return 0

@@ -13,14 +13,16 @@ on its own), and N episodes are spread over the P slots. Episode k always resets
 derived from (--seed, k), so runs with the same seed play the same episodes whatever P is; the
 scripted expert replays them for reference. Prints the returns and the throughput; --report DIR
 writes report.json, report.md and PNG plots (return per episode with the expert's, latency
-histograms). --compare evaluates a second bundle, or the same bundle on --compare-backend, on the
-same seeds and reports the return difference."""
+histograms). --compare evaluates a second bundle, or the same bundle on --compare-backend or with
+--compare-target-return, on the same seeds and reports the return difference."""
 
 EXAMPLES = """\
 examples:
   policyrt eval bundles/inverted-pendulum-xlstm.policy --env InvertedPendulum-v5 --episodes 20 --parallel 10 --report eval/
   policyrt eval bundles/inverted-pendulum-xlstm.policy --env InvertedPendulum-v5 --episodes 4 --compare-backend torch
-  policyrt eval a.policy --env InvertedDoublePendulum-v5 --episodes 50 --parallel 16 --compare b.policy --report ab/"""
+  policyrt eval a.policy --env InvertedDoublePendulum-v5 --episodes 50 --parallel 16 --compare b.policy --report ab/
+  policyrt eval bundles/double-pendulum-dt.policy --env InvertedDoublePendulum-v5 --episodes 20 --parallel 10 \
+      --compare-target-return 500   # does asking for less give less?"""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -43,6 +45,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--compare", metavar="BUNDLE2", help="also evaluate this bundle on the same seeds")
     p.add_argument("--compare-backend", metavar="B2",
                    help="backend of the comparison (default: --backend); without --compare, the same bundle")
+    p.add_argument("--target-return", type=float, metavar="R",
+                   help="return commanded at every reset (default: the bundle's target_return)")
+    p.add_argument("--compare-target-return", type=float, metavar="R2",
+                   help="return commanded in the comparison; without --compare, the same bundle: a lower R2 "
+                   "shows whether return conditioning works (the report gives the return difference)")
     p.set_defaults(handler=handle)
     return p
 
@@ -80,10 +87,11 @@ def handle(args) -> int:
               file=sys.stderr)
     cfg = EvalConfig(env_id=args.env, episodes=args.episodes, parallel=parallel, seed=args.seed,
                      max_episode_steps=args.max_episode_steps)
-    candidate = Candidate(args.bundle, args.backend)
+    candidate = Candidate(args.bundle, args.backend, args.target_return)
     compare = None
-    if args.compare or args.compare_backend:
-        compare = Candidate(args.compare or args.bundle, args.compare_backend or args.backend)
+    if args.compare or args.compare_backend or args.compare_target_return is not None:
+        target = args.target_return if args.compare_target_return is None else args.compare_target_return
+        compare = Candidate(args.compare or args.bundle, args.compare_backend or args.backend, target)
     try:
         report = evaluate(cfg, candidate, compare, progress=_Progress())
     except EvalError as err:

@@ -1,4 +1,4 @@
-"""`policyrt train xlstm`: behaviour cloning of an xLSTM policy on a collected dataset."""
+"""`policyrt train {xlstm,dt}`: return-conditioned training of a policy on a collected dataset."""
 
 from __future__ import annotations
 
@@ -25,10 +25,10 @@ def _arg_docs(cls) -> dict[str, str]:
 
 # kind -> (module in policyrt.policies, args dataclass, help, description)
 TRAINERS = {
-    "xlstm": ("train_xlstm", "TrainXLSTMArgs", "xLSTM policy, behaviour cloning on expert sequences",
-              "Behaviour cloning of the xLSTM policy (return-conditioned tokens)."),
+    "xlstm": ("train_xlstm", "TrainXLSTMArgs", "xLSTM policy, return-conditioned, on episode windows",
+              "Return-conditioned training of the xLSTM policy (return-to-go in every token)."),
     "dt": ("train_dt", "TrainDTArgs", "Decision Transformer, return-conditioned, on K-step windows",
-           "Return-conditioned Decision Transformer training (left-padded K windows, expert action labels)."),
+           "Return-conditioned Decision Transformer training (left-padded K windows)."),
 }
 
 
