@@ -30,12 +30,14 @@ class ConfigError(ValueError):
 class SafetyConfig:
     fallback: str | tuple[float, ...] = "hold"  # "hold", "zero", or the safe action itself
     max_delta: float | tuple[float, ...] | None = None  # largest change of an action per tick
-    stale_after_s: float = 0.05  # an observation older than this is not acted on
+    stale_after_s: float | None = None  # an observation older than this is not acted on; None = 3 periods
 
 
 @dataclass(frozen=True)
 class RealtimeSettings:
-    spin_us: int = 0  # busy-poll before each blocking wait; costs a core, saves a wake-up
+    spin_us: int | None = (
+        None  # busy-wait before each tick's deadline (jitter vs CPU); None = the loop's default
+    )
     sched_fifo_priority: int = 0  # SCHED_FIFO priority 1..99; 0 = normal scheduling
     cpu_affinity: tuple[int, ...] = ()  # CPUs the loop may run on; empty = any
     lock_memory: bool = False  # mlockall: no page faults on the hot path

@@ -18,6 +18,7 @@ from .commands import (
     keys,
     lint,
     run,
+    serve,
     sim_serve,
     train,
     verify,
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim_commands = sim.add_subparsers(dest="sim_command", required=True, metavar="SIM_COMMAND")
     collect.add_parser(sim_commands)
     sim_serve.add_parser(sim_commands)
-    for module in (train, export, info, lint, build_engine, verify, compare, run, eval, bench, demo, keys):
+    for module in (train, export, info, lint, build_engine, verify, compare, run, eval, bench, demo, keys, serve):
         module.add_parser(commands)
     return parser
 

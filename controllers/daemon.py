@@ -1,0 +1,371 @@
+"""The controller daemon: `policyrt serve --config controller.toml`, a systemd service.
+
+It owns what a long-running controller needs around the real-time loop
+(controllers/realtime_loop.py), and nothing on the loop's hot path:
+
+- start-up: the config, the loopback policy and CURVE keys, the bundle and its batched session
+  (one slot per robot), telemetry and the flight recorder; then the loop in the main thread.
+- systemd (`Type=notify`, controllers/sd_notify.py): READY=1 once every robot has answered its
+  handshake; WATCHDOG=1 from the loop's per-tick hook, so pings stop when ticks stop and systemd
+  restarts a stalled controller; STATUS= lines; STOPPING=1; RELOADING=1 around a reload.
+- signals: handlers only set flags or call the loop's thread-safe requests.
+  SIGTERM/SIGINT -> request_stop (the loop sends every robot its safe action), recorder flushed,
+  exit 0. SIGHUP -> a reload thread re-reads the config, loads the bundle named there, verifies
+  it against its parity.json and hands it to request_swap, which swaps at the next tick boundary
+  with fresh state; a bundle that fails is refused with the reason and the old one keeps running.
+  SIGUSR1 -> flight recorder dump.
+- logs on stderr: journald adds timestamps and reads `<N>` priority prefixes, so under systemd
+  lines carry a priority instead of a time; in a terminal they carry the time.
+
+Board-side module: standard library, numpy and pyzmq only, Python 3.10.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from policyrt.controllers.config import ControllerConfig, load_config
+from policyrt.controllers.sd_notify import Notifier
+
+log = logging.getLogger("policyrt.daemon")
+
+
+class StartupError(RuntimeError):
+    """The daemon cannot start: the message says what to fix (exit code 2, no restart helps)."""
+
+
+@dataclass
+class DaemonStats:
+    reloads: int = 0  # bundles swapped in on SIGHUP
+    reload_failures: int = 0  # SIGHUPs whose bundle was refused (the old one kept running)
+    recorder_dumps: int = 0
+    stop_signal: str | None = None
+    reload_log: list[str] = field(default_factory=list)
+
+
+# --- logging ---
+
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+class _JournalFormatter(logging.Formatter):
+    """`<priority>name: message`: journald strips the prefix into the PRIORITY field, so
+    `journalctl -p warning` works, and adds the timestamp itself."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prio = _PRIORITY.get(record.levelno, 6)
+        text = f"{record.name}: {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return "\n".join(f"<{prio}>{line}" for line in text.splitlines())
+
+
+def setup_logging(verbose: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):  # stderr is connected to journald
+        handler.setFormatter(_JournalFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+# --- start-up pieces, each usable by --check ---
+
+
+def check_endpoints(cfg: ControllerConfig) -> object | None:
+    """Apply the loopback policy to every endpoint; returns the CURVE client setup (or None)."""
+    from policyrt.controllers.auth import check_endpoint, load_client
+
+    curve = load_client(cfg.auth.keys, cfg.auth.client) if cfg.auth.keys else None
+    hint = f"[auth] keys in {cfg.path}"
+    for endpoint in cfg.robots:
+        check_endpoint(
+            endpoint, secured=curve is not None, insecure=cfg.insecure, what="robot endpoint", how=hint
+        )
+    if cfg.telemetry.pub:
+        # The telemetry socket is plain PUB (it carries no commands); off loopback it needs the
+        # explicit opt-in like any other plain socket.
+        check_endpoint(
+            cfg.telemetry.pub, secured=False, insecure=cfg.insecure, what="telemetry pub", how=hint
+        )
+    return curve
+
+
+def load_session(cfg: ControllerConfig, bundle_path=None):
+    """The bundle's session with one slot per robot, on the configured backend."""
+    from policyrt.runtime import load
+
+    return load(bundle_path or cfg.bundle, backend=cfg.backend, batch_size=len(cfg.robots))
+
+
+def verify_bundle(bundle, backend: str):
+    """Replay the bundle's parity.json on `backend`; raises StartupError when it does not pass."""
+    from policyrt.runtime.verify import verify_backend
+
+    report = verify_backend(bundle, "onnxruntime" if backend == "auto" else backend)
+    if not report.ok:
+        worst = max(report.outputs, key=lambda o: o.max_judged)
+        raise StartupError(
+            f"{bundle.path}: fails verification on {report.backend}: {worst.name} error {worst.max_judged:.2e} "
+            f"> tolerance {report.tolerance:g} from step {worst.first_step_over}"
+        )
+    return report
+
+
+def control_rate(cfg: ControllerConfig, manifest) -> float:
+    rate = cfg.rate_hz or getattr(manifest, "control_rate_hz", None)
+    if not rate:
+        raise StartupError(f"{cfg.path}: set rate_hz: the bundle {cfg.bundle} recommends no control rate")
+    return float(rate)
+
+
+def realtime_config(cfg: ControllerConfig, rate_hz: float):
+    """The loop's settings; what the config leaves out keeps the loop's own default."""
+    from policyrt.controllers.realtime_loop import RealtimeConfig
+
+    rt = cfg.realtime
+    optional = {
+        "stale_after_s": cfg.safety.stale_after_s,
+        "spin_us": rt.spin_us,
+        "sched_fifo_priority": rt.sched_fifo_priority or None,  # 0 in the config: leave it alone
+        "cpu_affinity": rt.cpu_affinity or None,
+    }
+    return RealtimeConfig(
+        rate_hz=rate_hz,
+        fallback=cfg.safety.fallback,
+        max_delta=cfg.safety.max_delta,
+        lock_memory=rt.lock_memory,
+        **{k: v for k, v in optional.items() if v is not None},
+    )
+
+
+def make_telemetry(cfg: ControllerConfig):
+    if not cfg.telemetry.pub and not cfg.telemetry.prometheus_port:
+        return None
+    from policyrt.controllers.telemetry import Telemetry
+
+    return Telemetry(pub=cfg.telemetry.pub, prometheus_port=cfg.telemetry.prometheus_port)
+
+
+def make_recorder(cfg: ControllerConfig):
+    if cfg.flight_recorder.dir is None:
+        return None
+    from policyrt.controllers.flight_recorder import FlightRecorder
+
+    cfg.flight_recorder.dir.mkdir(parents=True, exist_ok=True)
+    return FlightRecorder(cfg.flight_recorder.dir, ticks=cfg.flight_recorder.ticks)
+
+
+class Daemon:
+    """One run of the daemon: start, serve until a stop signal, report."""
+
+    def __init__(self, cfg: ControllerConfig, notifier: Notifier | None = None):
+        self.cfg = cfg
+        self.notifier = notifier or Notifier()
+        self.stats = DaemonStats()
+        self.controller = None
+        self.session = None
+        self._ready = False
+        self._tick = 0  # the loop's latest tick, written by the tick hook (one int: no lock needed)
+        self._reload = threading.Event()
+        self._dump = False
+        self._stopping = threading.Event()
+
+    # --- start-up ---
+
+    def start(self):
+        cfg = self.cfg
+        curve = check_endpoints(cfg)
+        self.session = load_session(cfg)
+        rate = control_rate(cfg, self.session.manifest)
+        from policyrt.controllers.realtime_loop import RealtimeController
+
+        self.controller = RealtimeController(
+            self.session,
+            list(cfg.robots),
+            realtime_config(cfg, rate),
+            telemetry=make_telemetry(cfg),
+            recorder=make_recorder(cfg),
+            curve=curve,
+        )
+        self.controller.on_tick = self._on_tick
+        log.info(
+            "serving %d robot(s) at %g Hz with %s on %s: %s",
+            len(cfg.robots),
+            rate,
+            cfg.bundle.name,
+            self.session.backend_name,
+            ", ".join(cfg.robots),
+        )
+
+    # --- the tick hook: runs on the control thread every tick, so it does almost nothing ---
+
+    def _on_tick(self, tick: int) -> None:
+        self._tick = tick
+        self.notifier.watchdog()
+        if not self._ready and self._all_connected():
+            self._ready = True
+            self.notifier.ready(f"serving {len(self.cfg.robots)} robot(s), bundle {self.cfg.bundle.name}")
+            log.info("ready: every robot answered the handshake (tick %d)", tick)
+        if self._dump:
+            self._dump = False
+            self._dump_recorder("SIGUSR1")
+
+    def _all_connected(self) -> bool:
+        ports = getattr(self.controller, "ports", None)
+        if ports is None:  # a loop that does not expose its robots: ready once it ticks
+            return True
+        return all(p.spec is not None for p in ports)
+
+    def _dump_recorder(self, reason: str) -> None:
+        recorder = getattr(self.controller, "recorder", None)
+        if recorder is None:
+            log.warning("%s: no flight recorder configured ([flight_recorder] dir)", reason)
+            return
+        path = recorder.dump(reason)
+        self.stats.recorder_dumps += 1
+        log.info("flight recorder dumped to %s (%s)", path, reason)
+
+    # --- signals: flags and thread-safe requests only ---
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+        signal.signal(signal.SIGUSR1, self._on_dump_signal)
+
+    def _on_stop_signal(self, signum, _frame) -> None:
+        if self.stats.stop_signal is None:
+            self.stats.stop_signal = signal.Signals(signum).name
+        self._stopping.set()
+        self._reload.set()  # wake the reload thread so it can end
+        if self.controller is not None:
+            self.controller.request_stop()
+
+    def _on_dump_signal(self, *_):
+        self._dump = True  # done by the tick hook, on the control thread, between ticks
+
+    # --- hot reload, in its own thread ---
+
+    def _reload_worker(self) -> None:
+        while True:
+            self._reload.wait()
+            if self._stopping.is_set():
+                return
+            self._reload.clear()
+            self.notifier.reloading("loading the new bundle")
+            try:
+                self._reload_once()
+            except Exception as exc:  # anything at all: the running bundle must keep running
+                self.stats.reload_failures += 1
+                message = f"reload refused, the running bundle stays: {exc}"
+                self.stats.reload_log.append(message)
+                log.error("%s", message)
+            self.notifier.ready(f"serving, bundle {self.cfg.bundle.name}")
+
+    def _reload_once(self) -> None:
+        new_cfg = load_config(self.cfg.path)
+        changed = [
+            key
+            for key in (
+                "robots",
+                "rate_hz",
+                "insecure",
+                "safety",
+                "realtime",
+                "telemetry",
+                "flight_recorder",
+                "auth",
+            )
+            if getattr(new_cfg, key) != getattr(self.cfg, key)
+        ]
+        if changed:
+            log.warning(
+                "reload: only bundle and backend are reloaded; restart to apply %s", ", ".join(changed)
+            )
+        log.info("reload: loading %s on %s", new_cfg.bundle, new_cfg.backend)
+        session = load_session(new_cfg)
+        try:
+            old, new = self.session.manifest, session.manifest
+            if (new.obs_dim, new.act_dim) != (old.obs_dim, old.act_dim):
+                raise StartupError(
+                    f"{new_cfg.bundle}: obs_dim={new.obs_dim}, act_dim={new.act_dim} do not fit the robots "
+                    f"(the running bundle has obs_dim={old.obs_dim}, act_dim={old.act_dim})"
+                )
+            report = verify_bundle(session.bundle, new_cfg.backend)
+        except BaseException:
+            session.close()
+            raise
+        ctrl = self.controller
+        swaps, refused = ctrl.swaps, ctrl.swaps_refused
+        ctrl.request_swap(session)
+        # Read after the request: the swap lands at the first tick boundary after this tick, so
+        # the loop's "tick T: swapped in" line says T = requested + 1 (or T = requested when
+        # that boundary came first); docs/DAEMON.md, "Hot reload".
+        requested = self._tick
+        log.info(
+            "reload: %s verified on %s (parity, %d steps); swap requested after tick %d",
+            new_cfg.bundle,
+            report.backend,
+            report.steps,
+            requested,
+        )
+        done = self._await_swap(swaps, refused)
+        if done:
+            retired, ctrl.previous_session = ctrl.previous_session, None
+            self.session, self.cfg = session, new_cfg
+            self.stats.reloads += 1
+            if retired is not None:
+                retired.close()
+        elif done is False:
+            session.close()
+            raise StartupError(f"{new_cfg.bundle}: the control loop refused the new session (see above)")
+        # None: the daemon is stopping; the loop's shutdown owns both sessions now.
+
+    def _await_swap(self, swaps: int, refused: int) -> bool | None:
+        """True once the loop swapped, False if it refused, None if the daemon stops first."""
+        ctrl = self.controller
+        period = 1.0 / ctrl.config.rate_hz
+        while not self._stopping.is_set():
+            if ctrl.swaps > swaps:
+                return True
+            if ctrl.swaps_refused > refused:
+                return False
+            time.sleep(period)
+        return None
+
+    # --- the run ---
+
+    def run(self) -> int:
+        self.install_signal_handlers()
+        self.start()
+        reloader = threading.Thread(target=self._reload_worker, name="policyrt-reload", daemon=True)
+        reloader.start()
+        t0 = time.monotonic()
+        try:
+            result = self.controller.run()
+        finally:
+            self._stopping.set()
+            self._reload.set()
+            self.notifier.stopping("stopping: safe action sent")
+        self._report(result, time.monotonic() - t0)
+        return 0
+
+    def _report(self, result, seconds: float) -> None:
+        from policyrt.controllers.realtime_loop import format_result
+
+        stats = self.stats
+        print(
+            f"policyrt serve: stopped by {stats.stop_signal or 'the loop'} after {seconds:.1f} s; "
+            f"reloads: {stats.reloads} swapped, {stats.reload_failures} refused; "
+            f"flight recorder dumps: {stats.recorder_dumps}\n{format_result(result)}",
+            flush=True,
+        )

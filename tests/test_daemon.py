@@ -1,0 +1,166 @@
+"""`policyrt serve` as a real process against robots on real sockets: readiness and watchdog over
+a real notify socket, hot reload (good, corrupted and drifting bundles), SIGTERM, --check, and
+the loopback policy. Nothing here asserts on how long anything took: waits are on log lines,
+notifications and counters, with a patience limit against hangs only."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from daemon_helpers import (
+    DaemonProcess,
+    NotifyListener,
+    StreamingRobot,
+    copy_bundle,
+    corrupt_bundle,
+    drifted_bundle,
+)
+from realtime_helpers import wait_until
+from wire_helpers import PATIENCE_S, ipc_endpoint, python_env
+
+ROOT = Path(__file__).resolve().parents[1]
+XLSTM = ROOT / "bundles" / "inverted-pendulum-xlstm.policy"
+DT = ROOT / "bundles" / "inverted-pendulum-dt.policy"
+FALLBACK = 1  # ACT flag bit (docs/PROTOCOL.md section 4)
+
+
+def write_config(path: Path, bundle: Path, robots: list[str], extra: str = "") -> Path:
+    robots_toml = ", ".join(f'"{r}"' for r in robots)
+    path.write_text(f'bundle = "{bundle}"\nrobots = [{robots_toml}]\nrate_hz = 50\n{extra}')
+    return path
+
+
+def serve(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "policyrt.cli", "serve", *args],
+        capture_output=True,
+        text=True,
+        env=python_env(),
+        timeout=PATIENCE_S,
+    )
+
+
+@pytest.mark.slow
+def test_daemon_serves_two_robots_reloads_and_stops_safely(tmp_path):
+    bundles = tmp_path / "bundles"
+    running = copy_bundle(XLSTM, bundles / "xlstm.policy")
+    config = write_config(tmp_path / "controller.toml", running, [ipc_endpoint(), ipc_endpoint()])
+    robots = [StreamingRobot(ep) for ep in _robots(config)]
+    notify = NotifyListener()
+    notify.start()
+    daemon = DaemonProcess(config, env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "100000"})
+    try:
+        # Readiness waits for every robot: with one robot up the loop ticks and controls it,
+        # but systemd hears nothing yet.
+        robots[0].start()
+        wait_until(lambda: robots[0].act_count() >= 10, "the first robot gets actions")
+        assert not [m for m in notify.pending() if m.get("READY") == "1"]
+        robots[1].start()
+        assert notify.wait_for("READY")["STATUS"].startswith("serving 2 robot(s)")
+        for _ in range(3):
+            notify.wait_for("WATCHDOG")  # pings from the tick hook while ticks advance
+
+        # A corrupted bundle and one that no longer matches its parity record: both refused,
+        # the running one keeps going.
+        log_at = len(daemon.lines)
+        for name, make, reason in [
+            ("corrupt.policy", corrupt_bundle, "sha256 does not match"),
+            ("drifted.policy", drifted_bundle, "fails verification"),
+        ]:
+            write_config(config, make(XLSTM, bundles / name), _robots(config))
+            daemon.proc.send_signal(signal.SIGHUP)
+            assert "RELOADING" in notify.wait_for("RELOADING")
+            log_at, line = daemon.wait_log("reload refused, the running bundle stays", log_at)
+            assert reason in line
+            log_at += 1
+        before = [r.act_count() for r in robots]
+        notify.wait_for("WATCHDOG")
+        wait_until(lambda: all(r.act_count() > n + 10 for r, n in zip(robots, before)), "still controlling")
+        assert all(r.last_act()[0] & FALLBACK == 0 for r in robots)  # the policy's actions, not fallbacks
+
+        # A good bundle (the DT policy): verified off the loop, swapped at the next tick boundary.
+        write_config(config, copy_bundle(DT, bundles / "dt.policy"), _robots(config))
+        daemon.proc.send_signal(signal.SIGHUP)
+        reloading = notify.wait_for("RELOADING")
+        assert int(reloading["MONOTONIC_USEC"]) > 0
+        _, requested = daemon.wait_log("swap requested after tick", log_at)
+        _, swapped = daemon.wait_log("swapped in the new session", log_at)
+        requested_tick = int(re.search(r"after tick (\d+)", requested).group(1))
+        swap_tick = int(re.search(r"tick (\d+): swapped", swapped).group(1))
+        assert 0 <= swap_tick - requested_tick <= 1, (requested, swapped)
+        assert notify.wait_for("READY")  # reload finished
+        before = [r.act_count() for r in robots]
+        wait_until(
+            lambda: all(r.act_count() > n + 10 for r, n in zip(robots, before)), "controlling after the swap"
+        )
+
+        # SIGTERM: every robot gets the safe action (flagged FALLBACK) and a BYE; exit 0.
+        daemon.proc.send_signal(signal.SIGTERM)
+        code, out = daemon.finish()
+        assert code == 0, "\n".join(daemon.lines)
+        notify.wait_for("STOPPING")
+        for robot in robots:
+            wait_until(lambda r=robot: r.byes >= 1, "BYE")
+            flags, action = robot.last_act()
+            assert flags & FALLBACK and action.tolist() == [0.0]
+        assert "stopped by SIGTERM" in out and "reloads: 1 swapped, 2 refused" in out
+    finally:
+        daemon.kill()
+        for robot in robots:
+            if robot.is_alive():
+                robot.stop()
+        notify.close()
+
+
+def _robots(config: Path) -> list[str]:
+    from policyrt.controllers.config import load_config
+
+    return list(load_config(config).robots)
+
+
+def test_check_passes_a_good_config_without_connecting(tmp_path):
+    config = write_config(tmp_path / "c.toml", XLSTM, ["tcp://127.0.0.1:1"])  # nothing listens there
+    proc = serve("--config", str(config), "--check")
+    assert proc.returncode == 0, proc.stderr
+    assert "OK" in proc.stdout and "parity 256 steps passed" in proc.stdout
+
+
+def test_check_refuses_bad_bundles_and_configs(tmp_path):
+    for bundle, needle in [
+        (corrupt_bundle(XLSTM, tmp_path / "corrupt.policy"), "sha256 does not match"),
+        (drifted_bundle(XLSTM, tmp_path / "drifted.policy"), "fails verification"),
+        (tmp_path / "missing.policy", "no such bundle"),
+    ]:
+        proc = serve("--config", str(write_config(tmp_path / "c.toml", bundle, ["ipc:///tmp/x"])), "--check")
+        assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
+    proc = serve("--config", str(write_config(tmp_path / "c.toml", XLSTM, ["ipc:///tmp/x"], "rate = 5\n")))
+    assert proc.returncode == 2 and "unknown key 'rate'" in proc.stderr
+
+
+def test_endpoints_off_loopback_need_keys_or_insecure(tmp_path):
+    config = write_config(tmp_path / "c.toml", XLSTM, ["tcp://192.0.2.10:5555"])
+    proc = serve("--config", str(config), "--check")
+    assert proc.returncode == 2
+    assert (
+        "tcp://192.0.2.10:5555" in proc.stderr and "[auth] keys" in proc.stderr and "insecure" in proc.stderr
+    )
+    assert serve("--config", str(config), "--check", "--insecure").returncode == 0
+    keys = tmp_path / "keys"
+    assert (
+        subprocess.run(
+            [sys.executable, "-m", "policyrt.cli", "keys", "generate", str(keys)],
+            capture_output=True,
+            env=python_env(),
+        ).returncode
+        == 0
+    )
+    write_config(config, XLSTM, ["tcp://192.0.2.10:5555"], f'[auth]\nkeys = "{keys}"\n')
+    assert serve("--config", str(config), "--check").returncode == 0
+    write_config(config, XLSTM, ["ipc:///tmp/x"], '[telemetry]\npub = "tcp://0.0.0.0:5600"\n')
+    proc = serve("--config", str(config), "--check")
+    assert proc.returncode == 2 and "telemetry pub" in proc.stderr
