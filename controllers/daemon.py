@@ -99,6 +99,15 @@ def check_endpoints(cfg: ControllerConfig) -> object | None:
     return curve
 
 
+def check_supported(cfg: ControllerConfig) -> None:
+    """Refuse settings the daemon reads but cannot honour yet, rather than ignore them."""
+    if cfg.recording.dataset is not None:
+        raise StartupError(
+            f"{cfg.path}: [recording] dataset = {str(cfg.recording.dataset)!r}: episode recording is not "
+            f'available in the daemon yet; set dataset = "" (the flight recorder still keeps the last ticks)'
+        )
+
+
 def load_session(cfg: ControllerConfig, bundle_path=None):
     """The bundle's session with one slot per robot, on the configured backend."""
     from policyrt.runtime import load
@@ -183,6 +192,7 @@ class Daemon:
 
     def start(self):
         cfg = self.cfg
+        check_supported(cfg)
         curve = check_endpoints(cfg)
         self.session = load_session(cfg)
         rate = control_rate(cfg, self.session.manifest)

@@ -76,6 +76,7 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def _check(cfg, daemon) -> int:
+    daemon.check_supported(cfg)
     daemon.check_endpoints(cfg)
     session = daemon.load_session(cfg)
     try:
