@@ -235,7 +235,7 @@ _SCHEMA: dict[str, dict[str, Callable]] = {
         "lock_memory": _bool,
     },
     "telemetry": {"pub": _optional_endpoint, "prometheus_port": _port_or_off},
-    "flight_recorder": {"dir": _Path(optional=True), "ticks": _int_range(1, 10_000_000)},
+    "flight_recorder": {"dir": _Path(optional=True), "ticks": _int_range(8, 10_000_000)},
     "recording": {"dataset": _Path(optional=True)},
     "auth": {"keys": _Path(optional=True), "client": _text},
 }

@@ -161,7 +161,7 @@ def make_telemetry(cfg: ControllerConfig):
         return None
     from policyrt.controllers.telemetry import Telemetry
 
-    return Telemetry(pub=cfg.telemetry.pub, prometheus_port=cfg.telemetry.prometheus_port)
+    return Telemetry(cfg.telemetry.pub, prometheus_port=cfg.telemetry.prometheus_port)
 
 
 def make_recorder(cfg: ControllerConfig):
@@ -169,8 +169,7 @@ def make_recorder(cfg: ControllerConfig):
         return None
     from policyrt.controllers.flight_recorder import FlightRecorder
 
-    cfg.flight_recorder.dir.mkdir(parents=True, exist_ok=True)
-    return FlightRecorder(cfg.flight_recorder.dir, ticks=cfg.flight_recorder.ticks)
+    return FlightRecorder(cfg.flight_recorder.dir, capacity=cfg.flight_recorder.ticks)
 
 
 class Daemon:
@@ -185,7 +184,7 @@ class Daemon:
         self._ready = False
         self._tick = 0  # the loop's latest tick, written by the tick hook (one int: no lock needed)
         self._reload = threading.Event()
-        self._dump = False
+        self._dump_unavailable = False
         self._stopping = threading.Event()
 
     # --- start-up ---
@@ -225,24 +224,14 @@ class Daemon:
             self._ready = True
             self.notifier.ready(f"serving {len(self.cfg.robots)} robot(s), bundle {self.cfg.bundle.name}")
             log.info("ready: every robot answered the handshake (tick %d)", tick)
-        if self._dump:
-            self._dump = False
-            self._dump_recorder("SIGUSR1")
+        if self._dump_unavailable:
+            self._dump_unavailable = False
+            log.warning(
+                "SIGUSR1: no flight recorder to dump (set [flight_recorder] dir in %s)", self.cfg.path
+            )
 
     def _all_connected(self) -> bool:
-        ports = getattr(self.controller, "ports", None)
-        if ports is None:  # a loop that does not expose its robots: ready once it ticks
-            return True
-        return all(p.spec is not None for p in ports)
-
-    def _dump_recorder(self, reason: str) -> None:
-        recorder = getattr(self.controller, "recorder", None)
-        if recorder is None:
-            log.warning("%s: no flight recorder configured ([flight_recorder] dir)", reason)
-            return
-        path = recorder.dump(reason)
-        self.stats.recorder_dumps += 1
-        log.info("flight recorder dumped to %s (%s)", path, reason)
+        return all(port.spec is not None for port in self.controller.ports)
 
     # --- signals: flags and thread-safe requests only ---
 
@@ -261,7 +250,14 @@ class Daemon:
             self.controller.request_stop()
 
     def _on_dump_signal(self, *_):
-        self._dump = True  # done by the tick hook, on the control thread, between ticks
+        # request_dump only sets a flag: the loop copies the ring at its next tick and a writer
+        # thread writes the file.
+        recorder = self.controller.recorder if self.controller is not None else None
+        if recorder is None:
+            self._dump_unavailable = True  # logged by the tick hook, outside the handler
+            return
+        recorder.request_dump("sigusr1")
+        self.stats.recorder_dumps += 1
 
     # --- hot reload, in its own thread ---
 
@@ -359,6 +355,8 @@ class Daemon:
         self.start()
         reloader = threading.Thread(target=self._reload_worker, name="policyrt-reload", daemon=True)
         reloader.start()
+        if self._stopping.is_set():  # SIGTERM while loading: the loop stops at its first tick
+            self.controller.request_stop()
         t0 = time.monotonic()
         try:
             result = self.controller.run()
@@ -373,9 +371,11 @@ class Daemon:
         from policyrt.controllers.realtime_loop import format_result
 
         stats = self.stats
+        recorder = self.controller.recorder
+        files = f", {len(recorder.dumps)} file(s) in {recorder.out_dir}" if recorder is not None else ""
         print(
             f"policyrt serve: stopped by {stats.stop_signal or 'the loop'} after {seconds:.1f} s; "
             f"reloads: {stats.reloads} swapped, {stats.reload_failures} refused; "
-            f"flight recorder dumps: {stats.recorder_dumps}\n{format_result(result)}",
+            f"flight recorder: {stats.recorder_dumps} dump(s) on SIGUSR1{files}\n{format_result(result)}",
             flush=True,
         )

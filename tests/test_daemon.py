@@ -5,6 +5,7 @@ notifications and counters, with a patience limit against hangs only."""
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import zmq
 from daemon_helpers import (
     DaemonProcess,
     NotifyListener,
@@ -49,7 +51,9 @@ def serve(*args: str) -> subprocess.CompletedProcess:
 def test_daemon_serves_two_robots_reloads_and_stops_safely(tmp_path):
     bundles = tmp_path / "bundles"
     running = copy_bundle(XLSTM, bundles / "xlstm.policy")
-    config = write_config(tmp_path / "controller.toml", running, [ipc_endpoint(), ipc_endpoint()])
+    flight, telemetry = tmp_path / "flight", ipc_endpoint()
+    extra = f'[flight_recorder]\ndir = "{flight}"\nticks = 64\n[telemetry]\npub = "{telemetry}"\n'
+    config = write_config(tmp_path / "controller.toml", running, [ipc_endpoint(), ipc_endpoint()], extra)
     robots = [StreamingRobot(ep) for ep in _robots(config)]
     notify = NotifyListener()
     notify.start()
@@ -65,6 +69,12 @@ def test_daemon_serves_two_robots_reloads_and_stops_safely(tmp_path):
         for _ in range(3):
             notify.wait_for("WATCHDOG")  # pings from the tick hook while ticks advance
 
+        # Telemetry snapshots on the PUB socket; SIGUSR1 dumps the flight recorder.
+        snap = _telemetry_snapshot(telemetry)
+        assert snap["robots"] == _robots(config) and snap["counters"]["robots_connected"] == 2
+        daemon.proc.send_signal(signal.SIGUSR1)
+        wait_until(lambda: any(flight.glob("*sigusr1*.npz")), "a flight recorder dump")
+
         # A corrupted bundle and one that no longer matches its parity record: both refused,
         # the running one keeps going.
         log_at = len(daemon.lines)
@@ -72,7 +82,7 @@ def test_daemon_serves_two_robots_reloads_and_stops_safely(tmp_path):
             ("corrupt.policy", corrupt_bundle, "sha256 does not match"),
             ("drifted.policy", drifted_bundle, "fails verification"),
         ]:
-            write_config(config, make(XLSTM, bundles / name), _robots(config))
+            write_config(config, make(XLSTM, bundles / name), _robots(config), extra)
             daemon.proc.send_signal(signal.SIGHUP)
             assert "RELOADING" in notify.wait_for("RELOADING")
             log_at, line = daemon.wait_log("reload refused, the running bundle stays", log_at)
@@ -84,7 +94,7 @@ def test_daemon_serves_two_robots_reloads_and_stops_safely(tmp_path):
         assert all(r.last_act()[0] & FALLBACK == 0 for r in robots)  # the policy's actions, not fallbacks
 
         # A good bundle (the DT policy): verified off the loop, swapped at the next tick boundary.
-        write_config(config, copy_bundle(DT, bundles / "dt.policy"), _robots(config))
+        write_config(config, copy_bundle(DT, bundles / "dt.policy"), _robots(config), extra)
         daemon.proc.send_signal(signal.SIGHUP)
         reloading = notify.wait_for("RELOADING")
         assert int(reloading["MONOTONIC_USEC"]) > 0
@@ -109,12 +119,24 @@ def test_daemon_serves_two_robots_reloads_and_stops_safely(tmp_path):
             flags, action = robot.last_act()
             assert flags & FALLBACK and action.tolist() == [0.0]
         assert "stopped by SIGTERM" in out and "reloads: 1 swapped, 2 refused" in out
+        assert "flight recorder: 1 dump(s) on SIGUSR1, 1 file(s)" in out
     finally:
         daemon.kill()
         for robot in robots:
             if robot.is_alive():
                 robot.stop()
         notify.close()
+
+
+def _telemetry_snapshot(endpoint: str) -> dict:
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.setsockopt(zmq.RCVTIMEO, int(PATIENCE_S * 1000))
+    sub.connect(endpoint)
+    try:
+        return json.loads(sub.recv())
+    finally:
+        sub.close(linger=0)
 
 
 def _robots(config: Path) -> list[str]:
