@@ -12,6 +12,7 @@ from .commands import (
     collect,
     compare,
     demo,
+    estop,
     eval,
     export,
     info,
@@ -20,6 +21,7 @@ from .commands import (
     run,
     serve,
     sim_serve,
+    top,
     train,
     verify,
 )
@@ -51,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim_commands = sim.add_subparsers(dest="sim_command", required=True, metavar="SIM_COMMAND")
     collect.add_parser(sim_commands)
     sim_serve.add_parser(sim_commands)
-    for module in (train, export, info, lint, build_engine, verify, compare, run, eval, bench, demo, keys, serve):
+    for module in (train, export, info, lint, build_engine, verify, compare, run, eval, bench, demo, keys, serve, estop, top):
         module.add_parser(commands)
     return parser
 

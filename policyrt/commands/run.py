@@ -13,16 +13,30 @@ the robot's SPEC against the bundle, then answer every observation with the poli
 clipped to the action bounds. Prints episode returns and per-stage latencies (receive, infer,
 filter, send) at the end, including after Ctrl-C. A robot that announces several environments
 (e.g. `policyrt sim serve --num-envs 16`) gets one session of that batch size, each slot
-resetting on its own."""
+resetting on its own.
+
+--mode realtime runs a fixed-rate loop instead (--rate HZ, default the bundle's recommended rate):
+each tick takes the newest observation, steps the policy and sends an action through the safety
+chain (non-finite guard, clip, --max-delta rate limit, --fallback on a stale observation, a missed
+deadline, a non-finite action or a latched e-stop). It never waits for the robot. Give --connect
+once per robot to drive several robots with one batched session. It runs until --duration, Ctrl-C
+or SIGTERM, and then sends every robot the safe action and BYE. SIGUSR1 dumps the flight recorder
+(with --record-dir). The robot side must speak the real-time protocol, e.g. `policyrt sim serve
+--mode realtime`."""
 
 EXAMPLES = """\
 examples:
   policyrt run bundles/inverted-pendulum-xlstm.policy --connect tcp://127.0.0.1:5555
   policyrt run bundles/inverted-pendulum-xlstm.policy --connect ipc:///tmp/pend.sock --episodes 5
   policyrt run my.policy --connect tcp://127.0.0.1:5555 --backend onnxruntime --spin-us 200 --results run.json
+  policyrt run bundles/inverted-pendulum-xlstm.policy --connect ipc:///tmp/pend.sock --mode realtime --rate 500 \
+      --fallback zero --max-delta 0.5 --duration 60 --telemetry tcp://127.0.0.1:6000 --record-dir /tmp/flight
+  policyrt run my.policy --connect tcp://127.0.0.1:5555 --connect tcp://127.0.0.1:5565 --mode realtime \
+      --sched-fifo 80 --cpu 1 --lock-memory
 
 the robot side must be bound first or soon after, e.g.:
-  policyrt sim serve --env InvertedPendulum-v5 --bind tcp://127.0.0.1:5555"""
+  policyrt sim serve --env InvertedPendulum-v5 --bind tcp://127.0.0.1:5555
+  policyrt sim serve --env InvertedPendulum-v5 --bind ipc:///tmp/pend.sock --mode realtime --rate 500"""
 
 # Stop reasons that mean the run did not end the way it was asked to.
 _FAILED = ("robot_lost",)
@@ -40,10 +54,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--connect",
         required=True,
+        action="append",
         metavar="ENDPOINT",
-        help="the robot's endpoint: tcp://HOST:PORT or ipc://PATH",
+        help="the robot's endpoint: tcp://HOST:PORT or ipc://PATH (realtime: repeat for several robots)",
     )
-    p.add_argument("--mode", choices=["lockstep"], default="lockstep", help="lockstep (the only mode so far)")
+    p.add_argument(
+        "--mode",
+        choices=["lockstep", "realtime"],
+        default="lockstep",
+        help="lockstep: answer each observation (simulation); realtime: fixed-rate loop (robots) "
+        "(default: lockstep)",
+    )
     p.add_argument(
         "--backend", default="auto",
         help="auto (ONNX Runtime), onnxruntime, torch, torch-cuda or tensorrt (an engine verified on this board) "
@@ -73,6 +94,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--stage-times", metavar="PATH", help="write the raw per-tick stage durations (.npz, nanoseconds)"
     )
+    from policyrt.commands._realtime_args import add_realtime_arguments
+
+    add_realtime_arguments(p)
     p.set_defaults(handler=handle)
     return p
 
@@ -89,6 +113,16 @@ def _load(args: argparse.Namespace, batch_size: int):
 
 def handle(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    from policyrt.commands._realtime_args import realtime_misuse
+
+    misuse = realtime_misuse(args)
+    if misuse:
+        print(f"policyrt run: {misuse}", file=sys.stderr)
+        return 2
+    if args.mode == "realtime":
+        from policyrt.commands._realtime_run import run_realtime
+
+        return run_realtime(args, load_session=lambda batch: _load(args, batch_size=batch))
     from policyrt.controllers.loop import SpecMismatchError, format_summary, run_lockstep
     from policyrt.runtime import BundleError
 
@@ -104,7 +138,7 @@ def handle(args: argparse.Namespace) -> int:
     try:
         result = run_lockstep(
             session,
-            args.connect,
+            args.connect[0],
             episodes=args.episodes,
             spin_us=args.spin_us,
             robot_timeout_s=args.robot_timeout,

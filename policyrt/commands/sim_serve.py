@@ -17,7 +17,16 @@ BYE, or when the controller is silent for --controller-timeout seconds.
 environment, each resetting on its own; the controller steps one session of batch P). Seeding:
 'first' seeds the first reset and continues the RNG (the default for one environment); 'episode'
 resets episode k of the run with a seed derived from (--seed, k), so every run with the same seed
-plays the same episodes whatever P is (the default, and the only choice, for P > 1)."""
+plays the same episodes whatever P is (the default, and the only choice, for P > 1).
+
+--mode realtime behaves like a robot instead: physics advances with the wall clock at the
+environment's control rate (or --rate HZ, which rescales the physics timestep), the latest ACT is
+applied (zero-order hold), observations go out on the conflated stream endpoint (PORT+1 or
+PATH.stream), and when no ACT came for --act-timeout seconds the server applies its own safe
+action (zero) until ACTs return. A slow policy therefore costs return, as on hardware. ESTOP and
+CLEAR (e.g. from `policyrt estop ENDPOINT`) latch and release the safe action. It runs until
+--episodes, --duration, the controller's BYE, or --controller-timeout seconds without any
+controller; a controller that restarts (HELLO) gets a new episode."""
 
 EXAMPLES = """\
 examples:
@@ -25,9 +34,12 @@ examples:
   policyrt sim serve --env Hopper-v5 --bind ipc:///tmp/hopper.sock --episodes 10 --results hopper.json
   policyrt sim serve --env InvertedPendulum-v5 --bind tcp://127.0.0.1:5555 --env-arg max_episode_steps=200
   policyrt sim serve --env InvertedPendulum-v5 --bind ipc:///tmp/pend.sock --num-envs 16 --episodes 64
+  policyrt sim serve --env InvertedPendulum-v5 --bind tcp://127.0.0.1:5555 --mode realtime
+  policyrt sim serve --env InvertedPendulum-v5 --bind ipc:///tmp/pend.sock --mode realtime --rate 500 --duration 60
 
 then, in another shell:
-  policyrt run bundles/inverted-pendulum-xlstm.policy --connect tcp://127.0.0.1:5555"""
+  policyrt run bundles/inverted-pendulum-xlstm.policy --connect tcp://127.0.0.1:5555
+  policyrt run bundles/inverted-pendulum-xlstm.policy --connect tcp://127.0.0.1:5555 --mode realtime --rate 25"""
 
 
 def _env_arg(text: str) -> tuple[str, object]:
@@ -57,7 +69,24 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--env", required=True, metavar="ENV_ID", help="Gymnasium id, e.g. InvertedPendulum-v5")
     p.add_argument("--bind", required=True, metavar="ENDPOINT", help="tcp://HOST:PORT or ipc://PATH")
-    p.add_argument("--mode", choices=["lockstep"], default="lockstep", help="lockstep (the only mode so far)")
+    p.add_argument(
+        "--mode",
+        choices=["lockstep", "realtime"],
+        default="lockstep",
+        help="lockstep: wait for each ACT (deterministic); realtime: run on the wall clock like a robot "
+        "(default: lockstep)",
+    )
+    p.add_argument(
+        "--rate", type=float, default=None, metavar="HZ",
+        help="realtime: control rate, rescaling the physics timestep (default: the environment's own rate)",
+    )
+    p.add_argument(
+        "--duration", type=float, default=None, metavar="S", help="realtime: stop after S seconds of session time"
+    )
+    p.add_argument(
+        "--act-timeout", type=float, default=None, metavar="S",
+        help="realtime: go safe when no ACT came for S seconds (default: 5 control periods, at least 0.02)",
+    )
     p.add_argument(
         "--episodes",
         type=int,
@@ -122,6 +151,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def handle(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     from policyrt.controllers.auth import check_endpoint, load_server
+
+    if args.mode == "realtime":
+        try:
+            check_endpoint(
+                args.bind, secured=bool(args.curve_keys), insecure=args.insecure, what="--bind", how="--curve-keys DIR"
+            )
+            curve = load_server(args.curve_keys) if args.curve_keys else None
+        except ValueError as err:
+            print(f"policyrt sim serve: {err}", file=sys.stderr)
+            return 2
+        return _serve_realtime(args, curve)
+    if args.rate is not None or args.duration is not None or args.act_timeout is not None:
+        print("policyrt sim serve: --rate, --duration and --act-timeout need --mode realtime", file=sys.stderr)
+        return 2
     from policyrt.sim.server import format_result, serve
 
     try:  # serve refuses impossible layouts (P < 1, P > 1 with seeding 'first') before binding
@@ -159,3 +202,38 @@ def _serve(args, serve, curve=None):
         stage_times_path=args.stage_times,
         curve=curve,
     )
+
+
+def _serve_realtime(args, curve=None) -> int:
+    from policyrt.sim.realtime_server import format_realtime_result, serve_realtime
+
+    if args.num_envs != 1 or args.seeding not in (None, "first") or args.spin_us or args.stage_times:
+        print(
+            "policyrt sim serve: --mode realtime serves one environment per endpoint and takes neither "
+            "--num-envs, --seeding episode, --spin-us nor --stage-times; start one server per robot",
+            file=sys.stderr,
+        )
+        return 2
+    if args.rate is not None and not args.rate > 0:
+        print(f"policyrt sim serve: --rate must be > 0, got {args.rate}", file=sys.stderr)
+        return 2
+    try:
+        result = serve_realtime(
+            args.env,
+            args.bind,
+            rate_hz=args.rate,
+            episodes=args.episodes,
+            duration_s=args.duration,
+            seed=args.seed,
+            act_timeout_s=args.act_timeout,
+            controller_timeout_s=args.controller_timeout,
+            connect_timeout_s=args.connect_timeout,
+            results_path=args.results,
+            env_kwargs=dict(args.env_arg),
+            curve=curve,
+        )
+    except ValueError as err:
+        print(f"policyrt sim serve: {err}", file=sys.stderr)
+        return 2
+    print(format_realtime_result(result), flush=True)
+    return 1 if result.stop_reason in ("controller_lost", "no_controller") else 0

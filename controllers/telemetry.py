@@ -1,0 +1,194 @@
+"""Telemetry for the real-time controller: JSON snapshots on a PUB socket, optional Prometheus.
+
+Nothing here runs on the control loop. A background thread wakes `1 / publish_hz` times a second,
+reads the controller's counters and the newest rows of its stage-time ring (written by the loop
+without locks; a row torn by a concurrent write skews one sample of one snapshot, nothing more),
+computes percentiles and log2 histograms over that window, and publishes one small JSON object.
+`policyrt top ENDPOINT` renders it.
+
+PUB/SUB fits telemetry where it does not fit control: a viewer that joins late or falls behind
+just misses snapshots, and the controller never waits for one (ZMQ_SNDHWM small, no blocking).
+
+Snapshot fields (docs/SAFETY.md, "Telemetry"): `time`, `rate_hz`, `robots`, `counters` (the
+controller's `counters`), `window_ticks`, `stages` ({stage: {p50_us, p99_us, max_us}} over the
+window), `jitter` (tick-start jitter p50/p99/max over the window, us), `histograms`
+({stage: [counts per bucket]} with bucket upper bounds `bucket_us`).
+
+Board-side module: standard library, numpy and pyzmq only; prometheus_client optional.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+import numpy as np
+import zmq
+
+log = logging.getLogger(__name__)
+
+# Histogram buckets: upper bounds in microseconds, powers of two from 8 us to ~65 ms, then +inf.
+BUCKET_US = tuple(float(2**k) for k in range(3, 17)) + (float("inf"),)
+_BUCKET_NS = np.array(BUCKET_US[:-1]) * 1e3
+
+
+def _last_rows(ring: np.ndarray, count: int, window: int) -> np.ndarray:
+    n = min(count, len(ring), window)
+    if n <= 0:
+        return ring[:0]
+    idx = (np.arange(count - n, count)) % len(ring)
+    return ring[idx]
+
+
+def snapshot(controller, window: int = 1000) -> dict:
+    """A JSON-able summary of the controller's state over its last `window` ticks."""
+    times = controller.times
+    rows = _last_rows(times._ns, times.count, window)
+    sched = controller.scheduler
+    jitter = _last_rows(sched._jitter, sched.count, window)
+    stages, hists = {}, {}
+    for i, name in enumerate(times.stages):
+        col = rows[:, i] if len(rows) else rows.reshape(0)
+        if len(col):
+            p50, p99 = np.percentile(col, [50, 99]) / 1e3
+            stages[name] = {
+                "p50_us": round(float(p50), 1),
+                "p99_us": round(float(p99), 1),
+                "max_us": round(float(col.max()) / 1e3, 1),
+            }
+        hists[name] = np.bincount(np.searchsorted(_BUCKET_NS, col), minlength=len(BUCKET_US)).tolist()
+    jit = {}
+    if len(jitter):
+        p50, p99 = np.percentile(jitter, [50, 99]) / 1e3
+        jit = {
+            "p50_us": round(float(p50), 1),
+            "p99_us": round(float(p99), 1),
+            "max_us": round(float(jitter.max()) / 1e3, 1),
+        }
+    return {
+        "time": time.time(),
+        "rate_hz": controller.config.rate_hz,
+        "robots": list(controller.robots),
+        "counters": controller.counters,
+        "window_ticks": int(len(rows)),
+        "stages": stages,
+        "jitter": jit,
+        "histograms": hists,
+        "bucket_us": [b if b != float("inf") else None for b in BUCKET_US],
+    }
+
+
+class Telemetry:
+    """Publishes snapshots of a running controller; pass to RealtimeController(telemetry=...)."""
+
+    def __init__(
+        self,
+        pub_endpoint: str | None = None,
+        *,
+        prometheus_port: int | None = None,
+        publish_hz: float = 4.0,
+        window: int = 1000,
+        context: zmq.Context | None = None,
+    ):
+        self.pub_endpoint, self.publish_hz, self.window = pub_endpoint, publish_hz, window
+        self._context = context
+        self._prom = _Prometheus(prometheus_port) if prometheus_port else None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.published = 0
+        self.last: dict | None = None
+
+    def start(self, controller) -> None:
+        self._controller = controller
+        self._stop.clear()
+        ctx = self._context or zmq.Context.instance()
+        self._sock = None
+        if self.pub_endpoint:
+            self._sock = ctx.socket(zmq.PUB)
+            self._sock.setsockopt(zmq.LINGER, 0)
+            self._sock.setsockopt(zmq.SNDHWM, 10)
+            self._sock.bind(self.pub_endpoint)
+            log.info("telemetry on %s (view it with `policyrt top %s`)", self.pub_endpoint, self.pub_endpoint)
+        self._thread = threading.Thread(target=self._loop, name="telemetry", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        period = 1.0 / self.publish_hz
+        while not self._stop.wait(period):
+            self.publish()
+        self.publish()  # the final state, so a viewer sees how the run ended
+
+    def publish(self) -> None:
+        try:
+            snap = snapshot(self._controller, self.window)
+        except Exception as exc:  # telemetry must never take the controller down
+            log.error("telemetry snapshot failed: %s", exc)
+            return
+        self.last = snap
+        if self._sock is not None:
+            try:
+                self._sock.send(json.dumps(snap).encode(), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+        if self._prom is not None:
+            self._prom.update(snap, self._controller)
+        self.published += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._sock is not None:
+            self._sock.close(linger=0)
+
+
+class _Prometheus:
+    """Counters, gauges and stage-latency histograms on an HTTP endpoint (prometheus_client)."""
+
+    def __init__(self, port: int):
+        try:
+            import prometheus_client as prom
+        except ImportError:
+            raise RuntimeError(
+                "--prometheus-port needs the prometheus-client package: pip install 'policyrt[telemetry]' "
+                "(or leave the option out; the PUB telemetry works without it)"
+            ) from None
+        self.registry = prom.CollectorRegistry()
+        r = self.registry
+        self.ticks = prom.Gauge("policyrt_ticks", "control ticks run", registry=r)
+        self.misses = prom.Gauge(
+            "policyrt_deadline_misses", "ticks whose inference ended after the deadline", registry=r
+        )
+        self.skipped = prom.Gauge("policyrt_skipped_ticks", "ticks skipped after an overrun", registry=r)
+        self.fallbacks = prom.Gauge(
+            "policyrt_fallbacks", "slot-ticks sent the fallback action", ["reason"], registry=r
+        )
+        self.estops = prom.Gauge("policyrt_estops", "e-stop latches", registry=r)
+        self.rejected = prom.Gauge("policyrt_rejected_frames", "rejected frames", ["kind"], registry=r)
+        buckets = [b / 1e6 for b in BUCKET_US[:-1]] + [float("inf")]
+        self.stage = prom.Histogram(
+            "policyrt_stage_seconds", "per-tick stage time", ["stage"], buckets=buckets, registry=r
+        )
+        self._seen = 0
+        prom.start_http_server(port, registry=r)
+        log.info("Prometheus metrics on http://0.0.0.0:%d/metrics", port)
+
+    def update(self, snap: dict, controller) -> None:
+        c = snap["counters"]
+        self.ticks.set(c["ticks"])
+        self.misses.set(c["deadline_misses"])
+        self.skipped.set(c["skipped_ticks"])
+        self.estops.set(c["estops"])
+        for reason, n in c["fallbacks"].items():
+            self.fallbacks.labels(reason).set(n)
+        for kind, n in c["rejected"].items():
+            self.rejected.labels(kind).set(n)
+        times = controller.times
+        rows = _last_rows(times._ns, times.count, min(times.count - self._seen, len(times._ns)))
+        self._seen = times.count
+        for i, name in enumerate(times.stages):
+            child = self.stage.labels(name)
+            for v in rows[:, i]:
+                child.observe(v / 1e9)
