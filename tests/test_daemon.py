@@ -23,12 +23,27 @@ from daemon_helpers import (
     drifted_bundle,
 )
 from realtime_helpers import wait_until
-from wire_helpers import PATIENCE_S, ipc_endpoint, python_env
+from wire_helpers import (
+    PATIENCE_S,
+    free_tcp_endpoint,
+    ipc_endpoint,
+    python_env,
+    reap_processes,
+    start_sim_server,
+)
+
+from policyrt.cli import main as main_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 XLSTM = ROOT / "bundles" / "inverted-pendulum-xlstm.policy"
 DT = ROOT / "bundles" / "inverted-pendulum-dt.policy"
 FALLBACK = 1  # ACT flag bit (docs/PROTOCOL.md section 4)
+
+
+@pytest.fixture(autouse=True)
+def _reap():
+    yield
+    reap_processes()
 
 
 def write_config(path: Path, bundle: Path, robots: list[str], extra: str = "") -> Path:
@@ -186,3 +201,74 @@ def test_endpoints_off_loopback_need_keys_or_insecure(tmp_path):
     write_config(config, XLSTM, ["ipc:///tmp/x"], '[telemetry]\npub = "tcp://0.0.0.0:5600"\n')
     proc = serve("--config", str(config), "--check")
     assert proc.returncode == 2 and "telemetry pub" in proc.stderr
+
+
+def _example_config(path: Path, **values: str) -> Path:
+    """deploy/controller.toml with some `key = value` lines replaced (values are TOML)."""
+    text = (ROOT / "deploy" / "controller.toml").read_text()
+    for key, value in values.items():
+        text, n = re.subn(rf"^{key} = .*$", f"{key} = {value}", text, count=1, flags=re.M)
+        assert n == 1, key
+    path.write_text(text)
+    return path
+
+
+def _estop(endpoint: str, keys: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "policyrt.cli",
+        "estop",
+        endpoint,
+        "--curve-keys",
+        str(keys),
+        "--timeout",
+        "3",
+    ]
+    return subprocess.run(
+        [*cmd, *extra], capture_output=True, text=True, env=python_env(), timeout=PATIENCE_S
+    )
+
+
+@pytest.mark.slow
+def test_example_config_drives_the_realtime_sim_over_curve(tmp_path):
+    """The shipped example config (paths and endpoints swapped in) against the real-time sim
+    server over tcp with CURVE keys on every link; operators' e-stops need the right keys."""
+    keys, stranger = tmp_path / "keys", tmp_path / "stranger"
+    for d in (keys, stranger):
+        assert main_cli(["keys", "generate", str(d)]) == 0
+    # A stranger that knows the robot's public key but is not authorized.
+    (stranger / "server.key").write_bytes((keys / "server.key").read_bytes())
+    endpoint, telemetry = free_tcp_endpoint(), ipc_endpoint()
+    config = _example_config(
+        tmp_path / "controller.toml",
+        bundle=f'"{XLSTM}"',
+        robots=f'["{endpoint}"]',
+        dir=f'"{tmp_path / "flight"}"',
+        pub=f'"{telemetry}"',
+        keys=f'"{keys}"',
+    )
+    sim = start_sim_server(endpoint, "--mode", "realtime", "--curve-keys", str(keys))
+    notify = NotifyListener()
+    notify.start()
+    daemon = DaemonProcess(config, env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "200000"})
+    try:
+        notify.wait_for("READY")
+        notify.wait_for("WATCHDOG")
+        assert _estop(endpoint, keys).returncode == 0
+        at, _ = daemon.wait_log("emergency stop latched")
+        # The unauthorized operator's CLEAR never gets a connection: nothing is sent.
+        refused = _estop(endpoint, stranger, "--clear")
+        assert refused.returncode == 1 and "nothing was sent" in refused.stderr
+        assert _telemetry_snapshot(telemetry)["counters"]["estop_latched"] == [True]
+        assert _estop(endpoint, keys, "--clear").returncode == 0
+        daemon.wait_log("emergency stop cleared", at)
+        daemon.proc.send_signal(signal.SIGTERM)
+        code, out = daemon.finish()
+        assert code == 0, "\n".join(daemon.lines)
+        assert "stopped by SIGTERM" in out
+        sim_out, sim_err = sim.communicate(timeout=PATIENCE_S)
+        assert sim.returncode == 0, sim_err
+    finally:
+        daemon.kill()
+        notify.close()
