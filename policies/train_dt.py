@@ -48,7 +48,8 @@ class TrainDTArgs:
     """Return-to-go is divided by this in the token."""
     labels: str = "applied"
     """Action label: `applied` (the action each episode took; with mixed-quality data the return token
-    then selects the behaviour) or `expert` (the scripted expert's clean action: behaviour cloning)."""
+    then selects the behaviour), `behaviour` (the mean action of the scripted policy that collected the
+    episode: the same conditioning without the noise) or `expert` (the expert's clean action)."""
     threads: int = 1
     """Torch intra-op threads (one is steady on a shared 2-core machine)."""
     save_every: int = 250

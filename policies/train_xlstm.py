@@ -47,7 +47,8 @@ class TrainXLSTMArgs:
     """Return-to-go is divided by this in the token."""
     labels: str = "applied"
     """Action label: `applied` (the action each episode took; with mixed-quality data the return token
-    then selects the behaviour) or `expert` (the scripted expert's clean action: behaviour cloning)."""
+    then selects the behaviour), `behaviour` (the mean action of the scripted policy that collected the
+    episode: the same conditioning without the noise) or `expert` (the expert's clean action)."""
     threads: int = 1
     """Torch intra-op threads. One is steady on a shared 2-core machine: more threads spin-wait and
     slow down badly as soon as another process competes for the cores."""

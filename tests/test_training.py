@@ -171,7 +171,7 @@ def test_collect_again_replaces_the_dataset(tmp_path):
 
 def test_random_mix_makes_weaker_episodes_and_labels_follow_the_choice(tmp_path):
     """--random-mix 0,1: the second episode applies uniformly random actions, so it falls early, and
-    its stored action differs from the expert's clean one; `applied` labels learn what was done."""
+    its stored action differs from the expert's clean one; each label choice gives what it says."""
     from policyrt.policies.sequence_data import episode_arrays
     from policyrt.sim.dataset import load_dataset
 
@@ -186,8 +186,11 @@ def test_random_mix_makes_weaker_episodes_and_labels_follow_the_choice(tmp_path)
     applied, expert = episode_arrays(dataset, "applied"), episode_arrays(dataset, "expert")
     np.testing.assert_array_equal(applied[1]["label"], random_ep.actions)
     np.testing.assert_array_equal(expert[1]["label"], random_ep.expert_actions)
+    behaviour = episode_arrays(dataset, "behaviour")  # w = 1: the random policy's mean, mid-range (0 here)
+    np.testing.assert_array_equal(behaviour[0]["label"], expert_ep.expert_actions)
+    np.testing.assert_array_equal(behaviour[1]["label"], np.zeros_like(random_ep.actions))
     assert json.loads((out / "dataset.json").read_text())["random_mix"] == [0.0, 1.0]
-    with pytest.raises(ValueError, match="labels must be one of applied, expert"):
+    with pytest.raises(ValueError, match="labels must be one of applied, expert, behaviour"):
         episode_arrays(dataset, "clean")
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
-# Both policy kinds on the double pendulum when those bundles are there; the spine's pendulum otherwise.
-PREFERRED = (("double-pendulum-xlstm-small.policy", "double-pendulum-dt-small.policy"), ("inverted-pendulum-xlstm.policy",))
+# Both policy kinds on the double pendulum when those bundles are there; the pendulum's otherwise.
+PREFERRED = (("double-pendulum-xlstm.policy", "double-pendulum-dt.policy"), ("inverted-pendulum-xlstm.policy",))
 
 
 def default_bundles() -> list[str]:
@@ -22,63 +23,71 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "demo",
         help="closed-loop demo: sim server + controller processes on the shipped bundles",
         description="For each bundle, start a MuJoCo sim server process and a controller process (ONNX "
-        "Runtime on CPU, ipc transport), run episodes, and print each episode's return beside the scripted "
-        "expert's on the same seeds, and the latency of every stage. Default: the xLSTM and the DT bundle "
-        "on the double pendulum (the xLSTM pendulum bundle where those are not built).",
+        "Runtime on CPU, ipc transport), play episodes, and print each episode's return beside the scripted "
+        "expert's on the same seeds and the latency of every stage; the evaluation report (report.md, "
+        "report.json, return and latency plots) goes to --report. Default: the xLSTM and the DT bundle on "
+        "the double pendulum. --video renders one more episode offscreen (MUJOCO_GL=egl).",
+        epilog="examples:\n  policyrt demo\n  policyrt demo --episodes 10 --video demo.mp4\n"
+        "  policyrt demo --bundle bundles/reacher-dt.policy --report reports/reacher",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--bundle", action="append", help="bundle to run (repeat for several; default: see above)")
     p.add_argument("--episodes", type=int, default=5, help="episodes per bundle (default 5)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first reset")
+    p.add_argument("--seed", type=int, default=0, help="seed of the evaluation (default 0)")
     p.add_argument("--backend", default="onnxruntime", help="runtime backend (default onnxruntime)")
+    p.add_argument("--report", default="reports/demo", metavar="DIR",
+                   help="where the reports go, one folder per bundle (default reports/demo)")
+    p.add_argument("--video", metavar="FILE",
+                   help="also render one episode per bundle to FILE (.mp4 or .gif; with several bundles the "
+                   "bundle's name is appended to the file name)")
     p.set_defaults(handler=handle)
     return p
 
 
-def expert_returns(env_id: str, episodes: int, seed: int) -> list[float]:
-    """The scripted expert on the server's seeding scheme: seed the first reset, continue the RNG after."""
-    import gymnasium as gym
-    import numpy as np
-
-    from policyrt.sim.collect import run_episode
-    from policyrt.sim.experts import expert_for_env, make_expert
-
-    env = gym.make(env_id)
-    expert = make_expert(expert_for_env(env_id), env)
-    rng = np.random.default_rng(0)
-    returns = [
-        run_episode(env, expert, rng, 0.0, seed=seed if i == 0 else None).total_return for i in range(episodes)
-    ]
-    env.close()
-    return returns
-
-
 def run_one(bundle: str, args) -> bool:
-    import numpy as np
-
     from policyrt.bundle import open_bundle
-    from policyrt.controllers.timing import format_table
+    from policyrt.sim.eval_report import write_report
+    from policyrt.sim.evaluate import Candidate, EvalConfig, evaluate
     from policyrt.sim.experts import close_to_expert
-
-    from ._procs import closed_loop
 
     manifest = open_bundle(bundle).manifest
     env_id = manifest.env_id or "InvertedPendulum-v5"
-    print(f"\n=== {manifest.name} ({manifest.kind}) on {env_id}, {args.episodes} episodes, backend {args.backend}, ipc")
-    server, controller = closed_loop(bundle, env_id, args.episodes, seed=args.seed, backend=args.backend)
-    expert = expert_returns(env_id, args.episodes, args.seed)
+    print(f"\n=== {manifest.name} ({manifest.kind}) on {env_id}, {args.episodes} episodes, backend {args.backend}, ipc",
+          flush=True)
+    report = evaluate(EvalConfig(env_id=env_id, episodes=args.episodes, seed=args.seed),
+                      Candidate(bundle, args.backend))
+    run, expert = report["runs"][0], report["expert"]
     print(f"{'episode':>7}  {'policy':>9}  {'expert':>9}  steps")
-    policy_returns = [e["episode_return"] for e in server["episodes"]]
-    for i, (ep, ref) in enumerate(zip(server["episodes"], expert)):
-        print(f"{i:>7}  {ep['episode_return']:>9.2f}  {ref:>9.2f}  {ep['length']}")
-    print("controller stages (us):")
-    print(format_table(controller["timing"]))
-    print("robot side (us):")
-    print(format_table(server["timing"]))
-    ok = close_to_expert(float(np.mean(policy_returns)), float(np.mean(expert)))
-    print("result: " + ("the policy matches the expert" if ok else "the policy falls short of the expert"))
+    for k, ep in enumerate(run["episodes"]):
+        print(f"{k:>7}  {ep['return']:>9.2f}  {expert['returns'][k]:>9.2f}  {ep['length']}")
+    print(f"{'side':<10}  {'stage':<8}  {'p50 us':>8}  {'p99 us':>8}")
+    for side, stages in run["latency_us"].items():
+        for name, s in stages.items():
+            print(f"{side:<10}  {name:<8}  {s['p50']:>8.1f}  {s['p99']:>8.1f}")
+    ok = close_to_expert(run["return"]["mean"], expert["return"]["mean"])
+    print(f"result: mean return {run['return']['mean']:.2f} vs the expert's {expert['return']['mean']:.2f}: "
+          + ("the policy matches the expert" if ok else "the policy falls short of the expert"))
+    folder = Path(args.report) / manifest.name
+    paths = write_report(report, folder)
+    print(f"report: {folder}/ ({', '.join(p.name for p in paths)})")
+    if args.video:
+        _video(bundle, env_id, args)
     return ok
 
 
+def _video(bundle: str, env_id: str, args) -> None:
+    from policyrt.sim.video import render_episode
+
+    out = Path(args.video)
+    if len(args.bundle or default_bundles()) > 1:
+        out = out.with_name(f"{out.stem}-{Path(bundle).name.removesuffix('.policy')}{out.suffix}")
+    result = render_episode(bundle, env_id, out, seed=args.seed, backend=args.backend)
+    print(f"video: {result.path} ({result.frames} frames, return {result.episode_return:.2f})")
+
+
 def handle(args) -> int:
+    if args.video and Path(args.video).suffix.lower() not in (".mp4", ".gif"):
+        print(f"policyrt demo: --video {args.video}: the file name must end in .mp4 or .gif", file=sys.stderr)
+        return 2
     results = [run_one(bundle, args) for bundle in (args.bundle or default_bundles())]
     return 0 if all(results) else 1
