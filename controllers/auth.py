@@ -209,16 +209,20 @@ def is_loopback(endpoint: str) -> bool:
         return False  # '*', 0.0.0.0 is caught above as not loopback; names and interfaces too
 
 
-def check_endpoint(endpoint: str, *, secured: bool, insecure: bool, what: str, how: str) -> None:
+def check_endpoint(endpoint: str, *, secured: bool, insecure: bool, what: str, how: str | None) -> None:
     """Refuse an endpoint off loopback that has no CURVE keys, unless `insecure` was chosen.
 
-    what: what the endpoint is for ("robot endpoint", "telemetry bind"); how: the option that
-    gives keys, named in the message so the user knows what to do."""
+    what: what the endpoint is for ("robot endpoint", "--bind"); how: the option that gives keys,
+    named in the message so the user knows what to do, or None for a socket that has no CURVE
+    option (telemetry)."""
     if secured or insecure or is_loopback(endpoint):
         return
+    if how is None:
+        remedy = "Use a loopback or ipc:// endpoint"
+    else:
+        remedy = f"Give keys ({how}; create them with `policyrt keys generate DIR`), use a loopback or ipc:// endpoint"
     raise AuthError(
         f"{what} {endpoint} is reachable from other machines and has no CURVE keys: anyone on the "
-        f"network could send or read commands. Give keys ({how}; create them with `policyrt keys "
-        f"generate DIR`), use a loopback or ipc:// endpoint, or accept the risk explicitly with "
+        f"network could send or read what goes over it. {remedy}, or accept the risk explicitly with "
         f"--insecure (config: insecure = true)"
     )

@@ -94,7 +94,7 @@ def check_endpoints(cfg: ControllerConfig) -> object | None:
         # The telemetry socket is plain PUB (it carries no commands); off loopback it needs the
         # explicit opt-in like any other plain socket.
         check_endpoint(
-            cfg.telemetry.pub, secured=False, insecure=cfg.insecure, what="telemetry pub", how=hint
+            cfg.telemetry.pub, secured=False, insecure=cfg.insecure, what="telemetry pub", how=None
         )
     return curve
 

@@ -197,3 +197,32 @@ def test_sim_server_refuses_a_non_loopback_bind_without_keys():
     )
     assert proc.returncode == 2
     assert "--curve-keys" in proc.stderr and "--insecure" in proc.stderr and "0.0.0.0" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["estop", "tcp://192.0.2.7:5555"], "--curve-keys DIR"),
+        (
+            ["run", "bundles/inverted-pendulum-xlstm.policy", "--connect", "tcp://192.0.2.7:5555"],
+            "--curve-keys",
+        ),
+        (
+            [
+                "run",
+                "bundles/inverted-pendulum-xlstm.policy",
+                "--mode",
+                "realtime",
+                "--connect",
+                "ipc:///tmp/x",
+                "--telemetry",
+                "tcp://0.0.0.0:6000",
+            ],
+            "--telemetry tcp://0.0.0.0:6000",
+        ),
+    ],
+)
+def test_run_and_estop_refuse_endpoints_off_loopback_without_keys(args, needle, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "--insecure" in err

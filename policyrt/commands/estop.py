@@ -36,6 +36,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--key-name", default="client", metavar="NAME", help="client key name in DIR (default: client)"
     )
+    p.add_argument(
+        "--insecure", action="store_true", help="allow an endpoint off this machine without --curve-keys"
+    )
     p.set_defaults(handler=handle)
     return p
 
@@ -43,8 +46,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def handle(args: argparse.Namespace) -> int:
     import zmq
 
+    from policyrt.controllers.auth import AuthError, check_endpoint
     from policyrt.protocol import Encoder, MsgType
 
+    try:  # the loopback policy (docs/DAEMON.md, "Keys")
+        check_endpoint(
+            args.endpoint,
+            secured=bool(args.curve_keys),
+            insecure=args.insecure,
+            what="endpoint",
+            how="--curve-keys DIR",
+        )
+    except AuthError as exc:
+        print(f"policyrt estop: {exc}", file=sys.stderr)
+        return 2
     curve = None
     if args.curve_keys:
         from policyrt.controllers.auth import load_client

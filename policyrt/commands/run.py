@@ -94,6 +94,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--stage-times", metavar="PATH", help="write the raw per-tick stage durations (.npz, nanoseconds)"
     )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a robot or telemetry endpoint off this machine without CURVE keys (docs/DAEMON.md, Keys)",
+    )
     from policyrt.commands._realtime_args import add_realtime_arguments
 
     add_realtime_arguments(p)
@@ -111,6 +116,22 @@ def _load(args: argparse.Namespace, batch_size: int):
     return session
 
 
+def _refused_endpoint(args: argparse.Namespace) -> str | None:
+    """The loopback policy: endpoints off this machine need CURVE keys (realtime) or --insecure."""
+    from policyrt.controllers.auth import AuthError, check_endpoint
+
+    try:
+        for endpoint in args.connect:
+            check_endpoint(endpoint, secured=bool(args.curve_keys), insecure=args.insecure, what="--connect",
+                           how="--mode realtime --curve-keys DIR")
+        if args.telemetry:
+            check_endpoint(args.telemetry, secured=False, insecure=args.insecure, what="--telemetry",
+                           how=None)
+    except AuthError as exc:
+        return str(exc)
+    return None
+
+
 def handle(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     from policyrt.commands._realtime_args import realtime_misuse
@@ -118,6 +139,10 @@ def handle(args: argparse.Namespace) -> int:
     misuse = realtime_misuse(args)
     if misuse:
         print(f"policyrt run: {misuse}", file=sys.stderr)
+        return 2
+    refused = _refused_endpoint(args)
+    if refused:
+        print(f"policyrt run: {refused}", file=sys.stderr)
         return 2
     if args.mode == "realtime":
         from policyrt.commands._realtime_run import run_realtime
