@@ -28,7 +28,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from policyrt.controllers.config import ControllerConfig, load_config
 from policyrt.controllers.sd_notify import Notifier
@@ -46,7 +46,6 @@ class DaemonStats:
     reload_failures: int = 0  # SIGHUPs whose bundle was refused (the old one kept running)
     recorder_dumps: int = 0
     stop_signal: str | None = None
-    reload_log: list[str] = field(default_factory=list)
 
 
 # --- logging ---
@@ -273,7 +272,6 @@ class Daemon:
             except Exception as exc:  # anything at all: the running bundle must keep running
                 self.stats.reload_failures += 1
                 message = f"reload refused, the running bundle stays: {exc}"
-                self.stats.reload_log.append(message)
                 log.error("%s", message)
             self.notifier.ready(f"serving, bundle {self.cfg.bundle.name}")
 
@@ -373,8 +371,10 @@ class Daemon:
         stats = self.stats
         recorder = self.controller.recorder
         files = f", {len(recorder.dumps)} file(s) in {recorder.out_dir}" if recorder is not None else ""
+        connected = result.counters.get("robots_connected", 0)
         print(
             f"policyrt serve: stopped by {stats.stop_signal or 'the loop'} after {seconds:.1f} s; "
+            f"robots connected at the end: {connected} of {len(self.cfg.robots)}; "
             f"reloads: {stats.reloads} swapped, {stats.reload_failures} refused; "
             f"flight recorder: {stats.recorder_dumps} dump(s) on SIGUSR1{files}\n{format_result(result)}",
             flush=True,
