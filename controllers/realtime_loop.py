@@ -45,6 +45,9 @@ from policyrt.protocol import ErrorTally
 
 log = logging.getLogger(__name__)
 
+# How long the final safe ACT and BYE may take to leave at shutdown (a vanished robot costs this).
+SHUTDOWN_FLUSH_MS = 300
+
 STAGES = ("receive", "infer", "filter", "send", "tick")
 # receive: tick start -> every link drained; infer: the session step (0 when not stepped);
 # filter: the safety chain; send: ACTs handed to ZeroMQ; tick: tick start -> last ACT sent.
@@ -64,6 +67,9 @@ class RealtimeConfig:
     value per action dimension."""
     max_delta: float | tuple[float, ...] | None = None
     """Rate limit: the largest change of each action dimension per tick; None = off."""
+    deadline_s: float | None = None
+    """Inference must end this long after the tick's start, or the tick's robots get the fallback.
+    None: one period (the next tick's start)."""
     spin_us: float = 200.0
     """Busy-wait this long before each deadline instead of sleeping (trades CPU for jitter)."""
     hello_retry_s: float = 0.5
@@ -82,6 +88,8 @@ class RealtimeConfig:
             raise ValueError(f"rate_hz must be a positive number, got {self.rate_hz!r}")
         if self.stale_after_s is not None and not self.stale_after_s > 0:
             raise ValueError(f"stale_after_s must be > 0 (or None for 3 periods), got {self.stale_after_s!r}")
+        if self.deadline_s is not None and not self.deadline_s > 0:
+            raise ValueError(f"deadline_s must be > 0 (or None for one period), got {self.deadline_s!r}")
         if self.spin_us < 0:
             raise ValueError(f"spin_us must be >= 0, got {self.spin_us!r}")
 
@@ -145,6 +153,7 @@ class RealtimeController:
             low, high, batch=self.batch, fallback=config.fallback, max_delta=config.max_delta
         )
         self.scheduler = TickScheduler(config.rate_hz, spin_us=config.spin_us)
+        self.deadline_ns = int(config.deadline_s * 1e9) if config.deadline_s else self.scheduler.period_ns
         self.times = StageTimes(STAGES)
         b, n = self.batch, self.obs_dim
         self.obs = np.zeros((b, n), np.float32)
@@ -310,7 +319,7 @@ class RealtimeController:
                 if self.infer_errors == 1:
                     log.error("tick %d: inference failed (%s); sending the fallback action", tick, exc)
         t_infer = clock()
-        if t_infer > self.scheduler.deadline_ns and stepped.any():
+        if t_infer - self.scheduler.due(tick) > self.deadline_ns and stepped.any():
             self.deadline_misses += 1
             faults[stepped] |= DEADLINE
             if self.recorder is not None:
@@ -380,7 +389,7 @@ class RealtimeController:
         if self.recorder is not None:
             self.recorder.close()
         for port in self.ports:
-            port.close()
+            port.close(flush_ms=SHUTDOWN_FLUSH_MS)
 
 
 def _bound(manifest, name: str, default: float, dim: int) -> np.ndarray:

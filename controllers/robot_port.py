@@ -69,15 +69,7 @@ class RobotPort:
 
     def poll(self, now_ns: int, tick: int) -> None:
         self.new_obs = self.cleared = self.spec_changed = self.left = False
-        for _ in range(MAX_CONTROL_FRAMES_PER_TICK):
-            try:
-                msg = self.session.recv(0)
-            except ProtocolError as exc:
-                self.errors.add(exc)
-                continue
-            if msg is None:
-                break
-            self._control(msg, now_ns, tick)
+        self._drain_session(now_ns, tick)
         for _ in range(MAX_STREAM_FRAMES_PER_TICK):
             try:
                 msg = self.stream.recv(0)
@@ -88,10 +80,24 @@ class RobotPort:
                 break
             if msg.type is not MsgType.OBS:
                 self.errors.add(ProtocolError("unexpected", f"{msg.type.name} on the observation stream"))
-            elif self.spec is None:
+            elif self.spec is None and not self._drain_session(now_ns, tick):
+                # (the robot's SPEC may have landed on the session link after it was drained)
                 self.errors.add(ProtocolError("unexpected", "OBS before the robot's SPEC"))
             else:
                 self._take_obs(msg, now_ns)
+
+    def _drain_session(self, now_ns: int, tick: int) -> bool:
+        """Handle the pending control frames; True when a session with the robot is up."""
+        for _ in range(MAX_CONTROL_FRAMES_PER_TICK):
+            try:
+                msg = self.session.recv(0)
+            except ProtocolError as exc:
+                self.errors.add(exc)
+                continue
+            if msg is None:
+                break
+            self._control(msg, now_ns, tick)
+        return self.spec is not None
 
     def _take_obs(self, msg, now_ns: int) -> None:
         if self.new_obs:
@@ -191,6 +197,8 @@ class RobotPort:
     def bye(self) -> None:
         self.session.send(self.enc.control(MsgType.BYE))
 
-    def close(self) -> None:
-        self.session.close()
-        self.stream.close()
+    def close(self, flush_ms: int = 0) -> None:
+        """flush_ms > 0: give frames still queued (the final safe ACT, BYE) that long to leave;
+        Link.close() alone drops them (LINGER 0)."""
+        for link in (self.stream, self.session):
+            link.sock.close(linger=flush_ms)

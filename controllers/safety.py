@@ -11,8 +11,10 @@ Order, per robot slot and tick:
 4. **fallback** -- a slot with any fault (`nonfinite`, `stale` observation, `deadline` missed,
    `estop` latched) gets the fallback action instead: `hold` (the last applied action), `zero`
    (zero clipped into the bounds, i.e. the bound nearest to zero), or a configured safe action
-   (clipped into the bounds). Fallbacks bypass the rate limiter on purpose: a safe action that
-   is needed now must not be approached gradually.
+   (clipped into the bounds). A latched e-stop never holds: it always sends the safe action
+   (zero or the configured one), since holding the last command is a way of continuing, not of
+   stopping. Fallbacks bypass the rate limiter on purpose: a safe action that is needed now must
+   not be approached gradually.
 
 Faults are counted per tick and slot (`counts`); the start and the end of each fault run are
 logged with their tick and kept in a preallocated event ring that the flight recorder dumps, so
@@ -182,8 +184,12 @@ class SafetyChain:
 
     def _fallbacks(self, bad: np.ndarray, faults: np.ndarray, tick: int, active: np.ndarray) -> None:
         for slot in np.flatnonzero(bad):
-            self.out[slot] = self.fallback_action(slot)
-            self.flags[slot] = ACT_FALLBACK | (ACT_ESTOP if faults[slot] & ESTOP else 0)
+            if faults[slot] & ESTOP:  # an e-stop never holds: it sends the safe action
+                self.out[slot] = self.safe[slot]
+                self.flags[slot] = ACT_FALLBACK | ACT_ESTOP
+            else:
+                self.out[slot] = self.fallback_action(slot)
+                self.flags[slot] = ACT_FALLBACK
         self.fallback_ticks += int(bad.sum())
         now = np.where(active, faults, self._active).astype(np.uint8)
         for bit, name in REASONS.items():

@@ -209,3 +209,12 @@ def test_filter_allocates_no_new_output_arrays():
     out1 = chain.filter(np.zeros((1, 1), np.float32), np.zeros(1, np.uint8), 0, ALL)
     out2 = chain.filter(np.ones((1, 1), np.float32), np.zeros(1, np.uint8), 1, ALL)
     assert out1 is out2 is chain.out
+
+
+def test_estop_sends_the_safe_action_even_in_hold_mode():
+    chain = SafetyChain([-1.0], [1.0], fallback="hold")
+    run(chain, [0.6])
+    out, flags, _ = run(chain, [0.6], faults=[ESTOP], tick=1)
+    assert out.tolist() == [[0.0]] and flags[0] == ACT_FALLBACK | ACT_ESTOP
+    out, _, _ = run(chain, [0.6], faults=[STALE], tick=2)
+    assert out.tolist() == [[0.0]]  # hold now holds what the e-stop applied
