@@ -311,9 +311,9 @@ class Daemon:
         ctrl = self.controller
         swaps, refused = ctrl.swaps, ctrl.swaps_refused
         ctrl.request_swap(session)
-        # Read after the request: the swap lands at the first tick boundary after this tick, so
-        # the loop's "tick T: swapped in" line says T = requested + 1 (or T = requested when
-        # that boundary came first); docs/DAEMON.md, "Hot reload".
+        # Read after the request: the swap lands at the first tick boundary after it, so the
+        # loop's "tick T: swapped in" line says T <= requested + 1 (T = requested when that
+        # boundary came before this read); docs/DAEMON.md, "Hot reload".
         requested = self._tick
         log.info(
             "reload: %s verified on %s (parity, %d steps); swap requested after tick %d",

@@ -66,6 +66,10 @@ class StreamingRobot(threading.Thread):
         with self._lock:
             return len(self.acts)
 
+    def acts_since(self, index: int) -> list[tuple[int, np.ndarray]]:
+        with self._lock:
+            return self.acts[index:]
+
     def last_act(self) -> tuple[int, np.ndarray]:
         with self._lock:
             return self.acts[-1]

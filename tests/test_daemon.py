@@ -106,7 +106,9 @@ def test_daemon_serves_two_robots_reloads_and_stops_safely(tmp_path):
         before = [r.act_count() for r in robots]
         notify.wait_for("WATCHDOG")
         wait_until(lambda: all(r.act_count() > n + 10 for r, n in zip(robots, before)), "still controlling")
-        assert all(r.last_act()[0] & FALLBACK == 0 for r in robots)  # the policy's actions, not fallbacks
+        # The old policy still acts (a loaded machine may add a stale-observation fallback here
+        # and there; the policy's own actions must be among them).
+        assert all(any(f & FALLBACK == 0 for f, _ in r.acts_since(n)) for r, n in zip(robots, before))
 
         # A good bundle (the DT policy): verified off the loop, swapped at the next tick boundary.
         write_config(config, copy_bundle(DT, bundles / "dt.policy"), _robots(config), extra)
@@ -117,7 +119,11 @@ def test_daemon_serves_two_robots_reloads_and_stops_safely(tmp_path):
         _, swapped = daemon.wait_log("swapped in the new session", log_at)
         requested_tick = int(re.search(r"after tick (\d+)", requested).group(1))
         swap_tick = int(re.search(r"tick (\d+): swapped", swapped).group(1))
-        assert 0 <= swap_tick - requested_tick <= 1, (requested, swapped)
+        # The swap lands at the first tick boundary after the request: the next tick, unless the
+        # scheduler skipped tick numbers after an overrun (checked against the count below). The
+        # tick is read right after the request, so a reload thread descheduled in between can
+        # only make the difference smaller.
+        late = swap_tick - requested_tick
         assert notify.wait_for("READY")  # reload finished
         before = [r.act_count() for r in robots]
         wait_until(
@@ -130,10 +136,12 @@ def test_daemon_serves_two_robots_reloads_and_stops_safely(tmp_path):
         assert code == 0, "\n".join(daemon.lines)
         notify.wait_for("STOPPING")
         for robot in robots:
-            wait_until(lambda r=robot: r.byes >= 1, "BYE")
-            flags, action = robot.last_act()
-            assert flags & FALLBACK and action.tolist() == [0.0]
+            # The safe action is the last ACT; on its own socket it may arrive just after the BYE.
+            wait_until(lambda r=robot: r.byes >= 1 and r.last_act()[0] & FALLBACK, "BYE and the safe action")
+            assert robot.last_act()[1].tolist() == [0.0]
         assert "stopped by SIGTERM" in out and "reloads: 1 swapped, 2 refused" in out
+        skipped = int(re.search(r"skipped ticks: (\d+)", out).group(1))
+        assert late <= 1 + skipped, (requested, swapped, skipped)
         assert "flight recorder: 1 dump(s) on SIGUSR1, 1 file(s)" in out
     finally:
         daemon.kill()
