@@ -353,6 +353,7 @@ class Daemon:
         self.start()
         reloader = threading.Thread(target=self._reload_worker, name="policyrt-reload", daemon=True)
         reloader.start()
+        self.notifier.status(f"connecting to {len(self.cfg.robots)} robot(s)")  # shown by systemctl status
         if self._stopping.is_set():  # SIGTERM while loading: the loop stops at its first tick
             self.controller.request_stop()
         t0 = time.monotonic()

@@ -185,6 +185,11 @@ def test_check_refuses_bad_bundles_and_configs(tmp_path):
         assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
     proc = serve("--config", str(write_config(tmp_path / "c.toml", XLSTM, ["ipc:///tmp/x"], "rate = 5\n")))
     assert proc.returncode == 2 and "unknown key 'rate'" in proc.stderr
+    extra = '[recording]\ndataset = "episodes"\n'  # read, but not available: refused, not ignored
+    proc = serve(
+        "--config", str(write_config(tmp_path / "c.toml", XLSTM, ["ipc:///tmp/x"], extra)), "--check"
+    )
+    assert proc.returncode == 2 and "recording" in proc.stderr
 
 
 def test_endpoints_off_loopback_need_keys_or_insecure(tmp_path):
