@@ -177,7 +177,7 @@ class _RealtimeServer:
         self.episode = -1
         self.ep_return, self.ep_len = 0.0, 0
         self.connected = False  # a controller said HELLO and has not said BYE
-        self.last_act_ns = 0  # receive time of the newest ACT (0: none this session)
+        self.last_act_ns = 0  # receive time of the newest ACT (or of the HELLO, before the first)
         self.last_contact_ns = 0  # any frame from the controller
         self.fresh_act = False
         self.act_estop = False  # the newest ACT carries the ESTOP flag
@@ -296,7 +296,7 @@ class _RealtimeServer:
             self.sessions += 1
             self.connected = True
             self.last_contact_ns = now
-            self.last_act_ns = 0
+            self.last_act_ns = now  # a controller that said HELLO owes ACTs from now on
             self._abandon_episode()
             self.need_reset = True
         elif mtype is MsgType.ESTOP:
@@ -345,8 +345,8 @@ class _RealtimeServer:
         if self.need_reset:
             self._reset()
             return
-        timed_out = not self.last_act_ns or now - self.last_act_ns > self.act_timeout_ns
-        if timed_out and self.last_act_ns and not self.is_safe:
+        timed_out = now - self.last_act_ns > self.act_timeout_ns
+        if timed_out and not self.is_safe:
             self.is_safe = True
             self.safe_events += 1
             log.warning(
