@@ -107,11 +107,11 @@ def check_supported(cfg: ControllerConfig) -> None:
         )
 
 
-def load_session(cfg: ControllerConfig, bundle_path=None):
+def load_session(cfg: ControllerConfig):
     """The bundle's session with one slot per robot, on the configured backend."""
     from policyrt.runtime import load
 
-    return load(bundle_path or cfg.bundle, backend=cfg.backend, batch_size=len(cfg.robots))
+    return load(cfg.bundle, backend=cfg.backend, batch_size=len(cfg.robots))
 
 
 def verify_bundle(bundle, backend: str):
@@ -349,8 +349,13 @@ class Daemon:
     # --- the run ---
 
     def run(self) -> int:
+        """Start, then serve until a stop signal; returns the exit code."""
         self.install_signal_handlers()
         self.start()
+        return self.serve()
+
+    def serve(self) -> int:
+        """Run the loop (after start()) until a stop signal; 0 once the robots got their safe action."""
         reloader = threading.Thread(target=self._reload_worker, name="policyrt-reload", daemon=True)
         reloader.start()
         self.notifier.status(f"connecting to {len(self.cfg.robots)} robot(s)")  # shown by systemctl status

@@ -57,9 +57,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def handle(args: argparse.Namespace) -> int:
     from policyrt.controllers import daemon
-    from policyrt.controllers.auth import AuthError
-    from policyrt.controllers.config import ConfigError, load_config
-    from policyrt.runtime import BundleError
+    from policyrt.controllers.config import load_config
 
     daemon.setup_logging(args.verbose)
     try:
@@ -68,11 +66,17 @@ def handle(args: argparse.Namespace) -> int:
             cfg = dataclasses.replace(cfg, insecure=True)
         if args.check:
             return _check(cfg, daemon)
-        return daemon.Daemon(cfg).run()
-    except (ConfigError, AuthError, BundleError, daemon.StartupError, ImportError, OSError) as exc:
-        # Exit 2: a restart would fail the same way (the systemd unit restarts only on 1).
+        server = daemon.Daemon(cfg)
+        server.install_signal_handlers()
+        server.start()
+    except (ValueError, RuntimeError, ImportError, OSError) as exc:
+        # Config, keys, endpoint policy, bundle, backend, parity, loop settings: one line and
+        # exit 2, which the systemd unit does not restart (RestartPreventExitStatus=2) since a
+        # restart would fail the same way. ConfigError, AuthError and BundleError are ValueErrors.
         print(f"policyrt serve: {exc}", file=sys.stderr)
         return 2
+    # From here on a failure is a traceback and exit 1: systemd restarts the daemon.
+    return server.serve()
 
 
 def _check(cfg, daemon) -> int:
