@@ -285,3 +285,24 @@ def test_example_config_drives_the_realtime_sim_over_curve(tmp_path):
     finally:
         daemon.kill()
         notify.close()
+
+
+def test_journald_log_lines_carry_a_priority_and_no_timestamp(monkeypatch, capsys):
+    import logging
+
+    from policyrt.controllers.daemon import setup_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        monkeypatch.setenv("JOURNAL_STREAM", "8:12345")
+        setup_logging()
+        logging.getLogger("policyrt.daemon").warning("reload refused:\nsecond line")
+        logging.getLogger("policyrt.daemon").info("ready")
+        assert capsys.readouterr().err.splitlines() == [
+            "<4>policyrt.daemon: reload refused:",
+            "<4>second line",
+            "<6>policyrt.daemon: ready",
+        ]
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
