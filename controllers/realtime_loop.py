@@ -376,13 +376,26 @@ class RealtimeController:
         self.stale_ns[port.slot] = int(3 * period * 1e9)
 
     def _shutdown(self) -> None:
-        """The safe action (zero or the configured one, not 'hold': the controller is going
-        away) flagged FALLBACK to every robot with a session, then BYE; then close."""
+        """Say goodbye safely: the safe action (zero or the configured one, not 'hold': the
+        controller is going away) flagged FALLBACK to every robot with a session, repeated on
+        the tick grid for `_goodbye_ticks()`, then BYE, then close.
+
+        Repeated, not sent once: on a conflated link the frame still queued when the connection
+        closes is replaced by the close itself, so a single last ACT that the robot had not read
+        yet would be lost. A robot reads its stream at least once per control period, so a few
+        of its periods of safe ACTs are certain to reach it."""
         from policyrt.controllers.safety import ACT_ESTOP, ACT_FALLBACK
 
-        for i, port in enumerate(self.ports):
+        try:
+            for _ in range(self._goodbye_ticks() if self.ports else 0):
+                self.scheduler.wait()
+                for i, port in enumerate(self.ports):
+                    if port.spec is not None:
+                        port.send_act(self.safety.safe[i], ACT_FALLBACK | (ACT_ESTOP if port.estop else 0))
+        except KeyboardInterrupt:
+            pass
+        for port in self.ports:
             if port.spec is not None:
-                port.send_act(self.safety.safe[i], ACT_FALLBACK | (ACT_ESTOP if port.estop else 0))
                 port.bye()
         if self.telemetry is not None:
             self.telemetry.stop()
@@ -390,6 +403,15 @@ class RealtimeController:
             self.recorder.close()
         for port in self.ports:
             port.close(flush_ms=SHUTDOWN_FLUSH_MS)
+
+    def _goodbye_ticks(self) -> int:
+        """Ticks of safe ACTs before BYE: two periods of the slowest robot, at least 50 ms, at
+        most 0.5 s."""
+        periods = [
+            1.0 / p.spec.control_rate_hz for p in self.ports if p.spec is not None and p.spec.control_rate_hz
+        ]
+        seconds = min(0.5, max([0.05, *(2 * t for t in periods)]))
+        return max(3, math.ceil(seconds * self.config.rate_hz))
 
 
 def _bound(manifest, name: str, default: float, dim: int) -> np.ndarray:

@@ -17,8 +17,9 @@ Order, per robot slot and tick:
    not be approached gradually.
 
 Faults are counted per tick and slot (`counts`); the start and the end of each fault run are
-logged with their tick and kept in a preallocated event ring that the flight recorder dumps, so
-a fault that lasts 10,000 ticks is two log lines, not 10,000.
+logged with their tick (the first ten runs of each reason, then every hundredth) and kept in a
+preallocated event ring that the flight recorder dumps, so a fault that lasts 10,000 ticks is two
+log lines, not 10,000, and a deadline missed every second does not flood the log either.
 
 Pure numpy, preallocated: `filter` allocates nothing on the fault-free path.
 Board-side module: standard library and numpy only, Python 3.10.
@@ -46,6 +47,7 @@ ACT_FALLBACK = 1
 ACT_ESTOP = 2
 
 FALLBACK_MODES = ("hold", "zero")
+LOG_FIRST, LOG_EVERY = 10, 100  # fault runs logged: the first 10 of each reason, then every 100th
 
 
 def parse_fallback(value) -> str | tuple[float, ...]:
@@ -111,6 +113,7 @@ class SafetyChain:
         self.counts = {name: 0 for name in REASONS.values()}
         self.counts["rate_limited"] = 0
         self.fallback_ticks = 0  # slot-ticks that sent the fallback action, any reason
+        self.runs = {name: 0 for name in REASONS.values()}  # fault runs (onsets) per reason
         self._active = np.zeros(batch, np.uint8)  # fault bits of each slot's previous tick
         self._run_start = np.zeros((batch, 8), np.int64)  # tick each fault run began, per bit index
         # Event ring: (tick, slot, reason bit, 1 = began / 0 = ended), for the flight recorder.
@@ -199,14 +202,35 @@ class SafetyChain:
             for slot in np.flatnonzero(has & ~had):
                 self._event(tick, slot, bit, 1)
                 self._run_start[slot, bit.bit_length()] = tick
-                log.warning(
-                    "tick %d: robot slot %d: %s -> fallback action (%s)", tick, slot, name, self._mode_name()
-                )
+                self.runs[name] += 1
+                if self._loud(name):
+                    log.warning(
+                        "tick %d: robot slot %d: %s -> fallback action (%s)%s",
+                        tick,
+                        slot,
+                        name,
+                        self._mode_name(),
+                        self._nth(name),
+                    )
             for slot in np.flatnonzero(had & ~has):
                 self._event(tick, slot, bit, 0)
                 run = tick - self._run_start[slot, bit.bit_length()]
-                log.warning("tick %d: robot slot %d: %s cleared after %d tick(s)", tick, slot, name, run)
+                if self._loud(name):
+                    log.warning("tick %d: robot slot %d: %s cleared after %d tick(s)", tick, slot, name, run)
         self._active[:] = now
+
+    def _loud(self, name: str) -> bool:
+        """Log the first LOG_FIRST runs of a reason, then every LOG_EVERY-th: a machine that
+        misses a deadline every second must not also spend its time writing log lines. Every
+        run is still counted and in the event ring."""
+        n = self.runs[name]
+        return n <= LOG_FIRST or n % LOG_EVERY == 0
+
+    def _nth(self, name: str) -> str:
+        n = self.runs[name]
+        if n == LOG_FIRST:
+            return f" [run {n}; from now on only every {LOG_EVERY}th run is logged, all are counted]"
+        return f" [run {n}]" if n > LOG_FIRST else ""
 
     def _mode_name(self) -> str:
         return self.mode if isinstance(self.mode, str) else "configured safe action"

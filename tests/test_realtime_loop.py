@@ -206,17 +206,16 @@ def test_stop_sends_the_safe_action_and_bye(harness):
     h = harness(fallback=[0.5])
     h.robot.accept()
     seq = h.robot.obs([2.0, 0, 0, 0], flags=ObsFlag.RESET)
-    h.robot.act_answering(seq)
-    h.stop()
-    # The last ACT is the configured safe action flagged FALLBACK, and BYE follows.
-    last = None
+    assert h.robot.act_answering(seq).values.tolist() == [2.0]
+    h.controller.request_stop()
+    # Safe ACTs (the configured safe action, flagged FALLBACK) follow for a few ticks, then BYE.
     while True:
-        msg = h.robot.stream.recv(0.2)
-        if msg is None:
+        act = h.robot.next_act()
+        if act.flags:
             break
-        last = msg._replace(values=msg.values.copy())
-    assert last is not None and last.flags == FALLBACK and last.values.tolist() == [0.5]
+    assert act.flags == FALLBACK and act.values.tolist() == [0.5]
     recv_type(h.robot.session, MsgType.BYE)
+    assert h.stop().stop_reason == "stopped"
 
 
 def test_two_robots_have_independent_slots_and_estops(harness):

@@ -218,3 +218,15 @@ def test_estop_sends_the_safe_action_even_in_hold_mode():
     assert out.tolist() == [[0.0]] and flags[0] == ACT_FALLBACK | ACT_ESTOP
     out, _, _ = run(chain, [0.6], faults=[STALE], tick=2)
     assert out.tolist() == [[0.0]]  # hold now holds what the e-stop applied
+
+
+def test_many_fault_runs_are_all_counted_but_logged_sparsely(caplog):
+    chain = SafetyChain([-1.0], [1.0])
+    with caplog.at_level(logging.WARNING):
+        for t in range(0, 500, 2):  # 250 one-tick stale runs
+            run(chain, [0.1], faults=[STALE], tick=t)
+            run(chain, [0.1], tick=t + 1)
+    assert chain.runs["stale"] == 250 and chain.counts["stale"] == 250
+    starts = [r.getMessage() for r in caplog.records if "-> fallback" in r.getMessage()]
+    assert len(starts) == 10 + 2  # runs 1..10, 100, 200
+    assert "only every 100th run is logged" in starts[9] and "[run 200]" in starts[-1]
