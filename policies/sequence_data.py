@@ -13,14 +13,15 @@ def episode_arrays(dataset, labels: str = "applied") -> list[dict[str, np.ndarra
     label for obs_t, one of:
     - `applied`: the action the episode took. A low commanded return then reproduces a poor
       episode's behaviour; the labels carry the collection noise.
-    - `behaviour`: the mean of the scripted behaviour policy that collected the episode (datasets of
-      `policyrt sim collect` record its --random-mix levels): (1-w) expert + w mid-range. The same
-      conditioning as `applied` without the noise, so it trains in fewer steps.
+    - `behaviour`: the mean action of the scripted policy that collected the episode (datasets of
+      `policyrt sim collect` record its --expert-gain g and --random-mix w levels):
+      (1-w) g expert + w mid-range. The same conditioning as `applied` without the noise, so it
+      trains in fewer steps.
     - `expert`: the expert's clean action everywhere (behaviour cloning; the return token then
       barely matters)."""
     if labels not in LABELS:
         raise ValueError(f"labels must be one of {', '.join(LABELS)}, got {labels!r}")
-    mixes = _behaviour_mixes(dataset) if labels == "behaviour" else None
+    levels = _behaviour_levels(dataset) if labels == "behaviour" else None
     out = []
     for i, ep in enumerate(dataset.episodes):
         t_len = len(ep)
@@ -36,51 +37,29 @@ def episode_arrays(dataset, labels: str = "applied") -> list[dict[str, np.ndarra
             "prev_reward": prev_reward,
             "rtg": rtg,
             "timestep": np.arange(t_len, dtype=np.int64),
-            "label": _label(dataset, ep, labels, None if mixes is None else mixes[i % len(mixes)]),
+            "label": _label(dataset, ep, labels, None if levels is None else levels[i % len(levels)]),
         })
     return out
 
 
-def _behaviour_mixes(dataset) -> list[float]:
-    mixes = dataset.meta.get("random_mix")
-    if not mixes:
-        raise ValueError("labels 'behaviour' need the dataset's random_mix levels (dataset.json), which only "
-                         "`policyrt sim collect` records; use --labels applied or expert for this dataset")
-    return [float(w) for w in mixes]
+def _behaviour_levels(dataset) -> list[tuple[float, float]]:
+    """(gain, mix) of each round-robin level, as `policyrt sim collect` assigned them."""
+    meta = dataset.meta
+    if "random_mix" not in meta and "expert_gain" not in meta:
+        raise ValueError("labels 'behaviour' need the levels the dataset was collected with (random_mix / "
+                         "expert_gain in dataset.json), which only `policyrt sim collect` records; use --labels "
+                         "applied or expert for this dataset")
+    gains, mixes = meta.get("expert_gain") or [1.0], meta.get("random_mix") or [0.0]
+    count = len(gains) * len(mixes) // np.gcd(len(gains), len(mixes))  # the pairing repeats after lcm
+    return [(float(gains[i % len(gains)]), float(mixes[i % len(mixes)])) for i in range(count)]
 
 
-def _label(dataset, ep, labels: str, mix: float | None) -> np.ndarray:
+def _label(dataset, ep, labels: str, level: tuple[float, float] | None) -> np.ndarray:
     if labels == "applied":
         return ep.actions
-    if labels == "expert" or not mix:
+    if labels == "expert" or level == (1.0, 0.0):
         return ep.expert_actions
+    gain, mix = level
     low, high = (np.asarray(dataset.meta[k], np.float32) for k in ("action_low", "action_high"))
-    mean = (1.0 - mix) * ep.expert_actions + mix * (low + high) / 2
+    mean = (1.0 - mix) * gain * ep.expert_actions + mix * (low + high) / 2
     return np.clip(mean, low, high).astype(np.float32)
-
-
-def sample_windows(episodes, rng: np.random.Generator, batch: int, window: int, fields: tuple[str, ...],
-                   left_pad: bool = False):
-    """`batch` windows of `window` steps -> ({field: [batch, window, ...]}, mask [batch, window]).
-
-    Right padding (xLSTM): windows start inside the episode and are padded at the end when it is short.
-    Left padding (DT): windows may also start before the episode, padded at the front, which is
-    exactly what the DT sees in its first K-1 steps of an episode.
-    """
-    cols: dict[str, list] = {f: [] for f in fields}
-    masks = []
-    for _ in range(batch):
-        arrays = episodes[rng.integers(len(episodes))]
-        t_len = len(arrays["obs"])
-        if left_pad:
-            start = int(rng.integers(-(window - 1), max(1, t_len - window + 1)))
-        else:
-            start = int(rng.integers(0, max(1, t_len - window + 1)))
-        lo, hi = max(start, 0), min(t_len, start + window)
-        before, after = lo - start, window - (hi - start)
-        for name in fields:
-            piece = arrays[name][lo:hi]
-            pads = [np.zeros((n, *piece.shape[1:]), piece.dtype) for n in (before, after)]
-            cols[name].append(np.concatenate([pads[0], piece, pads[1]]))
-        masks.append(np.concatenate([np.zeros(before), np.ones(hi - lo), np.zeros(after)]).astype(np.float32))
-    return {name: np.stack(c) for name, c in cols.items()}, np.stack(masks)

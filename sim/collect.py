@@ -24,18 +24,25 @@ class CollectConfig:
     w random (+ noise). Episode i uses level i mod len(levels). Unlike zero-mean noise, this makes
     the average behaviour of a poor episode differ from the expert's (a weaker controller), which is
     what a return-conditioned policy can learn to reproduce when asked for a lower return."""
+    expert_gain: tuple[float, ...] = (1.0,)
+    """Scale g of the expert's action: g < 1 is a weaker, deterministic controller (for the pendulums
+    one that lets the pole fall; for Reacher one that reaches slowly). Episode i uses level
+    i mod len(levels). The poor behaviour it gives is a function of the state, so a policy can
+    reproduce it from its own history when a low return is commanded."""
     format: str = "minari"
     """minari (readable by minari.load_dataset) or npz."""
     seed: int = 0
 
 
-def run_episode(env, expert, rng: np.random.Generator, noise: float, seed: int | None, mix: float = 0.0) -> Episode:
+def run_episode(env, expert, rng: np.random.Generator, noise: float, seed: int | None, mix: float = 0.0,
+                gain: float = 1.0) -> Episode:
     obs, _ = env.reset(seed=seed)
     low, high = env.action_space.low, env.action_space.high
     rows: dict[str, list] = {k: [] for k in ("o", "a", "e", "r", "term", "trunc")}
     while True:
         clean = expert.act(env)
-        blended = clean if mix == 0.0 else (1.0 - mix) * clean + mix * rng.uniform(low, high)
+        scaled = clean if gain == 1.0 else gain * clean
+        blended = scaled if mix == 0.0 else (1.0 - mix) * scaled + mix * rng.uniform(low, high)
         applied = np.clip(blended + noise * rng.standard_normal(clean.shape), low, high).astype(np.float32)
         next_obs, reward, terminated, truncated, _ = env.step(applied)
         for key, value in zip(rows, (obs, applied, clean, reward, terminated, truncated)):
@@ -67,7 +74,8 @@ def collect(cfg: CollectConfig, out: Path | None = None, progress: bool = True, 
     for i in bar:
         noise = cfg.action_noise[i % len(cfg.action_noise)]
         mix = cfg.random_mix[i % len(cfg.random_mix)]
-        episodes.append(run_episode(env, expert, rng, noise, seed=cfg.seed * 100_003 + i, mix=mix))
+        gain = cfg.expert_gain[i % len(cfg.expert_gain)]
+        episodes.append(run_episode(env, expert, rng, noise, seed=cfg.seed * 100_003 + i, mix=mix, gain=gain))
         bar.set_postfix(ret=f"{episodes[-1].total_return:.0f}")
     env.close()
     meta = {
@@ -75,6 +83,7 @@ def collect(cfg: CollectConfig, out: Path | None = None, progress: bool = True, 
         "expert": cfg.expert,
         "action_noise": list(cfg.action_noise),
         "random_mix": list(cfg.random_mix),
+        "expert_gain": list(cfg.expert_gain),
         "seed": cfg.seed,
         "command": command,
         "episodes": len(episodes),

@@ -198,3 +198,19 @@ def test_random_mix_outside_zero_one_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["sim", "collect", "--random-mix", "0,1.5", "--out", str(tmp_path / "x")])
     assert "random-mix weights must lie in [0, 1]" in capsys.readouterr().err
+
+
+def test_expert_gain_levels_give_weaker_controllers_and_behaviour_labels_scale_with_them(tmp_path):
+    from policyrt.policies.sequence_data import episode_arrays
+    from policyrt.sim.dataset import load_dataset
+
+    out = tmp_path / "gain"
+    assert main(["sim", "collect", "--env", "InvertedPendulum-v5", "--episodes", "2", "--expert-gain", "1,0",
+                 "--out", str(out)]) == 0
+    dataset = load_dataset(out)
+    full, none = dataset.episodes
+    assert full.total_return == 1000 and none.total_return < 100  # gain 0 pushes nothing: the pole falls
+    np.testing.assert_array_equal(none.actions, np.zeros_like(none.actions))
+    labels = episode_arrays(dataset, "behaviour")
+    np.testing.assert_array_equal(labels[0]["label"], full.expert_actions)
+    np.testing.assert_array_equal(labels[1]["label"], np.zeros_like(none.actions))

@@ -13,13 +13,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "kinematics + PD for Reacher) and write a dataset to DIR: a Minari dataset (default) or npz, plus "
         "DIR/dataset.json with how it was made. Each step stores the applied action and the expert's clean "
         "action for it. Quality levels, assigned round-robin over episodes: --action-noise adds Gaussian "
-        "noise (states off the expert's path), --random-mix blends in a uniformly random action (a weaker "
-        "controller, the low-return behaviour a return-conditioned policy learns). Prints a summary of "
-        "the returns at the end.",
+        "noise (states off the expert's path), --expert-gain scales the expert's action (a weaker, "
+        "deterministic controller: the low-return behaviour a return-conditioned policy learns to "
+        "reproduce), --random-mix blends in a uniformly random action. Prints a summary of the returns "
+        "at the end.",
         epilog="examples:\n  policyrt sim collect --env InvertedPendulum-v5 --expert lqr --episodes 40 "
         "--action-noise 0.5 --out data/pendulum\n"
-        "  policyrt sim collect --env InvertedDoublePendulum-v5 --episodes 80 --action-noise 0,0.1,0.1,0 "
-        "--random-mix 0,0,0.5,1 --out data/double-pendulum   # expert, noisy, half-random, random",
+        "  policyrt sim collect --env InvertedDoublePendulum-v5 --episodes 80 --action-noise 0,0.1,0,0 "
+        "--expert-gain 1,1,0.6,0.3 --out data/double-pendulum   # expert, noisy expert, two weaker controllers",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--env", default="InvertedPendulum-v5", help="Gymnasium MuJoCo v5 environment id")
@@ -31,6 +32,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--random-mix", type=_mix_levels, default=(0.0,), metavar="W[,W...]",
                    help="weight of a uniformly random action blended into the expert's (0: expert, 1: random); "
                    "several levels assigned round-robin, paired with --action-noise by episode index")
+    p.add_argument("--expert-gain", type=_levels, default=(1.0,), metavar="G[,G...]",
+                   help="scale of the expert's action (1: the expert, 0.3: a weak controller); several levels "
+                   "assigned round-robin, paired with the other levels by episode index")
     p.add_argument("--format", choices=["minari", "npz"], default="minari",
                    help="minari (default; readable by minari.load_dataset with MINARI_DATASETS_PATH=OUT) or npz")
     p.add_argument("--seed", type=int, default=0, help="seed of the episode resets and the noise")
@@ -60,7 +64,8 @@ def handle(args) -> int:
     from policyrt.sim.collect import CollectConfig, collect, summary
 
     cfg = CollectConfig(env_id=args.env, expert=args.expert, episodes=args.episodes,
-                        action_noise=args.action_noise, random_mix=args.random_mix, seed=args.seed, format=args.format)
+                        action_noise=args.action_noise, random_mix=args.random_mix,
+                        expert_gain=args.expert_gain, seed=args.seed, format=args.format)
     dataset = collect(cfg, out=args.out, command=args.command_line)
     print(f"{args.out}: {summary(dataset)}")
     return 0
