@@ -63,3 +63,30 @@ def _label(dataset, ep, labels: str, level: tuple[float, float] | None) -> np.nd
     low, high = (np.asarray(dataset.meta[k], np.float32) for k in ("action_low", "action_high"))
     mean = (1.0 - mix) * gain * ep.expert_actions + mix * (low + high) / 2
     return np.clip(mean, low, high).astype(np.float32)
+
+
+def sample_windows(episodes, rng: np.random.Generator, batch: int, window: int, fields: tuple[str, ...],
+                   left_pad: bool = False):
+    """`batch` windows of `window` steps -> ({field: [batch, window, ...]}, mask [batch, window]).
+
+    Right padding (xLSTM): windows start inside the episode and are padded at the end when it is short.
+    Left padding (DT): windows may also start before the episode, padded at the front, which is
+    exactly what the DT sees in its first K-1 steps of an episode.
+    """
+    cols: dict[str, list] = {f: [] for f in fields}
+    masks = []
+    for _ in range(batch):
+        arrays = episodes[rng.integers(len(episodes))]
+        t_len = len(arrays["obs"])
+        if left_pad:
+            start = int(rng.integers(-(window - 1), max(1, t_len - window + 1)))
+        else:
+            start = int(rng.integers(0, max(1, t_len - window + 1)))
+        lo, hi = max(start, 0), min(t_len, start + window)
+        before, after = lo - start, window - (hi - start)
+        for name in fields:
+            piece = arrays[name][lo:hi]
+            pads = [np.zeros((n, *piece.shape[1:]), piece.dtype) for n in (before, after)]
+            cols[name].append(np.concatenate([pads[0], piece, pads[1]]))
+        masks.append(np.concatenate([np.zeros(before), np.ones(hi - lo), np.zeros(after)]).astype(np.float32))
+    return {name: np.stack(c) for name, c in cols.items()}, np.stack(masks)
