@@ -71,7 +71,12 @@ class RealtimeConfig:
     """Inference must end this long after the tick's start, or the tick's robots get the fallback.
     None: one period (the next tick's start)."""
     spin_us: float = 200.0
-    """Busy-wait this long before each deadline instead of sleeping (trades CPU for jitter)."""
+    """Busy-wait this long before each deadline instead of sleeping. Trades CPU for latency: a
+    core that slept wakes with cold caches, and every stage of the next tick runs several times
+    slower (docs/BENCHMARKS.md, "Real-time mode"); spinning the whole period keeps it warm."""
+    warmup_steps: int = 10
+    """Session steps (on zeros, state reset afterwards) before the first tick, so the backend's
+    first-run allocations do not land on a robot's first deadline."""
     hello_retry_s: float = 0.5
     """Say HELLO again this often while a robot has not answered with its SPEC."""
     reconnect_after_s: float = 1.0
@@ -239,8 +244,13 @@ class RealtimeController:
         sched = self.scheduler
         limit_ticks = None if stop_after_s is None else max(1, int(round(stop_after_s * cfg.rate_hz)))
         reason, detail = "stopped", "request_stop() was called"
+        self._warm_up()
         gc.collect()
         gc.freeze()  # everything alive now lives for the whole run: keep collections off it
+        # No collections during the run at all: the loop's garbage is freed by reference counting
+        # (no cycles on the tick path), and a collection is a pause of unpredictable length.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
         sched.start()
         try:
             while not self._stop:
@@ -252,6 +262,8 @@ class RealtimeController:
         except KeyboardInterrupt:
             reason, detail = "interrupted", "Ctrl-C"
         finally:
+            if gc_was_enabled:
+                gc.enable()
             gc.unfreeze()
             self._shutdown()
         self.stop_reason = reason
@@ -340,6 +352,12 @@ class RealtimeController:
         )
         if self.recorder is not None:
             self.recorder.record(tick, t_start, self, raw)
+
+    def _warm_up(self) -> None:
+        for _ in range(self.config.warmup_steps):
+            self.session.step(self.obs, self.rewards, prev_action=self.prev_action)
+        if self.config.warmup_steps:
+            self.session.reset()
 
     def _swap(self, tick: int) -> None:
         with self._swap_lock:

@@ -236,7 +236,7 @@ def test_two_robots_have_independent_slots_and_estops(harness):
     assert b.act_answering(sb).flags == FALLBACK_ESTOP
     b.control(MsgType.CLEAR)
     wait_until(lambda: h.counters()["estop_latched"] == [False, False], "robot b's clear")
-    resets = [c[1].tolist() for c in session.calls if c[0] == "reset"]
+    resets = [c[1].tolist() for c in session.calls if c[0] == "reset" and c[1] is not None]
     assert resets[-1] == [False, True]  # only b's slot was reset by its CLEAR
     h.stop()
 

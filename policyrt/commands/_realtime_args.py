@@ -94,8 +94,8 @@ def add_realtime_arguments(p: argparse.ArgumentParser) -> None:
 def realtime_misuse(args) -> str | None:
     """A message when the options do not fit the mode, else None."""
     if args.mode == "realtime":
-        if args.episodes is not None or args.spin_us or args.stage_times:
-            return "--episodes, --spin-us and --stage-times are lockstep options; use --duration in realtime mode"
+        if args.episodes is not None or args.stage_times:
+            return "--episodes and --stage-times are lockstep options; use --duration in realtime mode"
         return None
     given = [name for name, default in _REALTIME_ONLY.items() if getattr(args, name) != default]
     if given:

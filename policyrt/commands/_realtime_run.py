@@ -69,6 +69,8 @@ def _config_kwargs(args) -> dict:
     if args.cpu is not None:
         kwargs["cpu_affinity"] = args.cpu
     kwargs["lock_memory"] = bool(args.lock_memory)
+    if args.spin_us:  # realtime: busy-wait this long before each tick's deadline instead of sleeping
+        kwargs["spin_us"] = float(args.spin_us)
     return kwargs
 
 
