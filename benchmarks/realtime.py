@@ -31,7 +31,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_one(
-    bundle: str, rate: float, duration: float, extra: list[str], sim_cpu: str | None, sim_fifo: int | None
+    bundle: str,
+    rate: float,
+    duration: float,
+    extra: list[str],
+    sim_cpu: str | None,
+    sim_fifo: int | None,
+    spin_fraction: float | None = None,
 ) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="rtbench"))
     ep = f"ipc://{tmp}/robot.sock"
@@ -46,6 +52,10 @@ def run_one(
         sim_cmd = ["chrt", "-f", str(sim_fifo), *sim_cmd]
     run_cmd = [*py, "run", bundle, "--connect", ep, "--mode", "realtime", "--rate", str(rate)]
     run_cmd += ["--duration", str(duration), "--results", str(run_json), *extra]
+    if spin_fraction is not None:
+        # Spinning the whole period under SCHED_FIFO trips the kernel's real-time throttling
+        # (sched_rt_runtime_us: 95 % of each second), which freezes the loop for ~50 ms a second.
+        run_cmd += [f"--spin-us={int(spin_fraction * 1e6 / rate)}"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     load_before = os.getloadavg()
     sim = subprocess.Popen(sim_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
@@ -68,6 +78,7 @@ def run_one(
         "controller_args": extra,
         "sim_cpu": sim_cpu,
         "sim_fifo": sim_fifo,
+        "spin_fraction": spin_fraction,
         "ticks": controller["ticks"],
         "deadline_misses": c["deadline_misses"],
         "deadline_miss_pct": round(100.0 * c["deadline_misses"] / ticks, 3),
@@ -146,6 +157,12 @@ def main() -> int:
         "--controller-arg", action="append", default=[], help="extra `policyrt run` argument (repeat)"
     )
     p.add_argument("--sim-cpu", default=None, help="pin the sim server with taskset -c CPUS")
+    p.add_argument(
+        "--spin-fraction",
+        type=float,
+        default=None,
+        help="controller busy-waits this fraction of each period before the deadline (sets --spin-us per rate)",
+    )
     p.add_argument("--sim-fifo", type=int, default=None, help="run the sim server with chrt -f PRIO")
     p.add_argument("--json", default=str(ROOT / "benchmarks/results/realtime.json"))
     args = p.parse_args()
@@ -155,10 +172,27 @@ def main() -> int:
         for rate in args.rates:
             print(f"{Path(bundle).name} at {rate:g} Hz for {args.duration:g} s ...", flush=True)
             rows.append(
-                run_one(bundle, rate, args.duration, args.controller_arg, args.sim_cpu, args.sim_fifo)
+                run_one(
+                    bundle,
+                    rate,
+                    args.duration,
+                    args.controller_arg,
+                    args.sim_cpu,
+                    args.sim_fifo,
+                    args.spin_fraction,
+                )
             )
             print(json.dumps(rows[-1]), flush=True)
-    out = {"started": started, "command": " ".join(sys.argv), "cpus": os.cpu_count(), "runs": rows}
+    training = subprocess.run(
+        ["pgrep", "-f", "policyrt train"], capture_output=True, text=True
+    ).stdout.split()
+    out = {
+        "started": started,
+        "command": " ".join(sys.argv),
+        "cpus": os.cpu_count(),
+        "training_processes_at_end": len(training),
+        "runs": rows,
+    }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     print(table(rows))

@@ -128,7 +128,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--results", metavar="PATH", help="write episode returns/lengths and timing as JSON")
     p.add_argument(
-        "--spin-us", type=int, default=0, metavar="US", help="busy-poll each ACT this long before blocking"
+        "--spin-us",
+        type=int,
+        default=0,
+        metavar="US",
+        help="lockstep: busy-poll each ACT this long before blocking; realtime: busy-wait this long before "
+        "each tick (default 200)",
     )
     p.add_argument(
         "--stage-times", metavar="PATH", help="write the raw per-tick stage durations (.npz, nanoseconds)"
@@ -207,10 +212,10 @@ def _serve(args, serve, curve=None):
 def _serve_realtime(args, curve=None) -> int:
     from policyrt.sim.realtime_server import format_realtime_result, serve_realtime
 
-    if args.num_envs != 1 or args.seeding not in (None, "first") or args.spin_us or args.stage_times:
+    if args.num_envs != 1 or args.seeding not in (None, "first") or args.stage_times:
         print(
             "policyrt sim serve: --mode realtime serves one environment per endpoint and takes neither "
-            "--num-envs, --seeding episode, --spin-us nor --stage-times; start one server per robot",
+            "--num-envs, --seeding episode nor --stage-times; start one server per robot",
             file=sys.stderr,
         )
         return 2
@@ -230,6 +235,7 @@ def _serve_realtime(args, curve=None) -> int:
             connect_timeout_s=args.connect_timeout,
             results_path=args.results,
             env_kwargs=dict(args.env_arg),
+            spin_us=args.spin_us or 200.0,
             curve=curve,
         )
     except ValueError as err:
