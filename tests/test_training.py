@@ -214,3 +214,9 @@ def test_expert_gain_levels_give_weaker_controllers_and_behaviour_labels_scale_w
     labels = episode_arrays(dataset, "behaviour")
     np.testing.assert_array_equal(labels[0]["label"], full.expert_actions)
     np.testing.assert_array_equal(labels[1]["label"], np.zeros_like(none.actions))
+
+
+def test_train_on_a_missing_dataset_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["train", "dt", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "ckpt")]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere has no dataset.json" in err and "Traceback" not in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import typing
 from pathlib import Path
 
@@ -30,6 +31,10 @@ TRAINERS = {
     "dt": ("train_dt", "TrainDTArgs", "Decision Transformer, return-conditioned, on K-step windows",
            "Return-conditioned Decision Transformer training (left-padded K windows)."),
 }
+
+
+# Fields with a fixed set of values (argparse lists them in --help and refuses others by name).
+CHOICES = {"labels": ("applied", "behaviour", "expert")}
 
 
 def _trainer(kind: str):
@@ -60,7 +65,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             if f.default is dataclasses.MISSING:
                 x.add_argument(flag, dest=f.name, type=hints[f.name], required=True, help=docs.get(f.name))
             else:
-                x.add_argument(flag, dest=f.name, type=hints[f.name], default=f.default,
+                x.add_argument(flag, dest=f.name, type=hints[f.name], default=f.default, choices=CHOICES.get(f.name),
                                help=f"{docs.get(f.name, '')} (default {f.default})")
         x.set_defaults(handler=handle)
     return p
@@ -70,5 +75,9 @@ def handle(args) -> int:
     module, args_class = _trainer(args.kind)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args_class)}
     values["data"], values["out"] = Path(values["data"]), Path(values["out"])
-    module.train(args_class(**values), command=args.command_line)
+    try:
+        module.train(args_class(**values), command=args.command_line)
+    except (FileNotFoundError, ValueError) as exc:  # a missing or malformed dataset: the message names it
+        print(f"policyrt train {args.kind}: {exc}", file=sys.stderr)
+        return 2
     return 0
