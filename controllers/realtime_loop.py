@@ -135,7 +135,11 @@ class RealtimeController:
         recorder=None,
         curve=None,
         context: zmq.Context | None = None,
+        episodes=None,
     ):
+        """telemetry: controllers.telemetry.Telemetry; recorder: controllers.flight_recorder.
+        FlightRecorder; episodes: controllers.episode_recorder.EpisodeRecorder (a dataset of what
+        was seen and sent); curve: a CURVE client setup for the links (controllers.auth)."""
         if not robots:
             raise ValueError("at least one robot endpoint is needed")
         if len(set(robots)) != len(robots):
@@ -147,6 +151,7 @@ class RealtimeController:
             )
         self.session, self.robots, self.config = session, list(robots), config
         self.telemetry, self.recorder, self.curve = telemetry, recorder, curve
+        self.episode_recorder = episodes
         self._context = context
         self.on_tick: Callable[[int], None] | None = None
         manifest = session.manifest
@@ -174,6 +179,7 @@ class RealtimeController:
         self.deadline_misses = 0
         self.repeated_obs = 0
         self.resets = 0
+        self.terminal_obs = 0
         self.swaps = 0
         self.swaps_refused = 0
         self.infer_errors = 0
@@ -214,6 +220,7 @@ class RealtimeController:
             "dropped_obs": sum(p.dropped_obs for p in ports),
             "repeated_obs": self.repeated_obs,
             "resets": self.resets,
+            "terminal_obs": self.terminal_obs,
             "hellos": sum(p.hellos for p in ports),
             "spec_mismatches": sum(p.spec_mismatches for p in ports),
             "robots_connected": sum(p.spec is not None for p in ports),
@@ -239,6 +246,8 @@ class RealtimeController:
             self._set_stale(port)
         if self.recorder is not None:
             self.recorder.bind(self)
+        if self.episode_recorder is not None:
+            self.episode_recorder.bind(self)
         if self.telemetry is not None:
             self.telemetry.start(self)
         sched = self.scheduler
@@ -299,6 +308,8 @@ class RealtimeController:
             port.maybe_hello(t_start, retry_ns, silent_ns)
             live = port.live
             active[i] = live
+            if port.new_obs and port.awaiting_reset:
+                self.terminal_obs += 1  # an episode ended (its terminal OBS is not answered)
             fault = ESTOP if port.estop else 0
             if live:
                 if port.new_obs:
@@ -352,6 +363,8 @@ class RealtimeController:
         )
         if self.recorder is not None:
             self.recorder.record(tick, t_start, self, raw)
+        if self.episode_recorder is not None:
+            self.episode_recorder.record(self, raw, reset)
 
     def _warm_up(self) -> None:
         for _ in range(self.config.warmup_steps):
@@ -415,6 +428,11 @@ class RealtimeController:
         for port in self.ports:
             if port.spec is not None:
                 port.bye()
+        if self.episode_recorder is not None:
+            try:
+                self.episode_recorder.close()
+            except Exception as exc:  # a full disk must not keep the controller from closing cleanly
+                log.error("episode recorder: could not write the dataset: %s", exc)
         if self.telemetry is not None:
             self.telemetry.stop()
         if self.recorder is not None:

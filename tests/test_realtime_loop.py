@@ -39,8 +39,9 @@ class Harness:
         cfg = dict(CALM)
         cfg.update(config)
         self.recorder = cfg.pop("recorder", None)
+        episodes = cfg.pop("episodes", None)
         self.controller = RealtimeController(
-            session, self.endpoints, RealtimeConfig(**cfg), recorder=self.recorder
+            session, self.endpoints, RealtimeConfig(**cfg), recorder=self.recorder, episodes=episodes
         )
         self.thread, self.box = run_in_thread(self.controller)
 
@@ -281,3 +282,31 @@ def test_config_and_constructor_errors_name_the_problem():
 
 def test_estop_bit_constant_matches_the_protocol():
     assert ESTOP == 8 and int(ActFlag.ESTOP) == 2
+
+
+def test_episodes_are_recorded_as_a_dataset_training_can_read(harness, tmp_path):
+    from policyrt.controllers.episode_recorder import EpisodeRecorder
+    from policyrt.sim.dataset import load_dataset
+
+    recorder = EpisodeRecorder(tmp_path / "data")
+    h = Harness(linear_session(), episodes=recorder)
+    try:
+        h.robot.accept()
+        for step, (reward, flags) in enumerate([(0.0, ObsFlag.RESET), (1.0, 0), (2.0, 0)]):
+            seq = h.robot.obs([0.1 * (step + 1), 0, 0, 0], reward=reward, flags=flags, step=step)
+            h.robot.act_answering(seq)
+        h.robot.obs([9.0, 0, 0, 0], reward=3.0, flags=ObsFlag.TERMINATED, step=3)  # not answered
+        wait_until(lambda: h.counters()["terminal_obs"] == 1, "the terminal observation")
+        seq = h.robot.obs([0.5, 0, 0, 0], flags=ObsFlag.RESET, episode=1)
+        h.robot.act_answering(seq)
+        h.stop()
+    finally:
+        h.close()
+    data = load_dataset(tmp_path / "data")
+    first, second = data.episodes
+    assert first.rewards.tolist() == [1.0, 2.0, 3.0]
+    assert first.terminations.tolist() == [False, False, True] and not first.truncations.any()
+    assert first.observations[:, 0].tolist() == pytest.approx([0.1, 0.2, 0.3])
+    assert first.actions[:, 0].tolist() == pytest.approx([0.1, 0.2, 0.3])  # gain 1, within bounds
+    assert len(second) == 1 and second.truncations.tolist() == [True]  # cut by the stop
+    assert data.meta["env_id"] == "scripted real-time robot" and data.meta["action_high"] == [3.0]

@@ -18,6 +18,8 @@ _REALTIME_ONLY = {
     "prometheus_port": None,
     "record_dir": None,
     "curve_keys": None,
+    "record_episodes": None,
+    "episodes_format": "npz",
 }
 
 
@@ -85,6 +87,18 @@ def add_realtime_arguments(p: argparse.ArgumentParser) -> None:
         "--record-dir",
         metavar="DIR",
         help="flight recorder: dump the last ticks to DIR/flight-*.npz on faults and on SIGUSR1",
+    )
+    g.add_argument(
+        "--record-episodes",
+        metavar="DIR",
+        help="write every episode (observations, applied and raw actions, rewards) as a dataset to DIR "
+        "at the end (`policyrt train --data DIR` reads it)",
+    )
+    g.add_argument(
+        "--episodes-format",
+        choices=["npz", "minari"],
+        default="npz",
+        help="dataset format of --record-episodes: npz (board-side, default) or minari (needs the sim extra)",
     )
     g.add_argument(
         "--curve-keys", metavar="DIR", help="CURVE keys from `policyrt keys generate` (client side)"

@@ -30,8 +30,15 @@ def run_realtime(args, load_session) -> int:
             curve = load_client(args.curve_keys)
         telemetry = _telemetry(args)
         recorder = _recorder(args)
+        episodes = None
+        if args.record_episodes:
+            from policyrt.controllers.episode_recorder import EpisodeRecorder
+
+            episodes = EpisodeRecorder(
+                args.record_episodes, fmt=args.episodes_format, command=getattr(args, "command_line", "")
+            )
         controller = RealtimeController(
-            session, robots, config, telemetry=telemetry, recorder=recorder, curve=curve
+            session, robots, config, telemetry=telemetry, recorder=recorder, curve=curve, episodes=episodes
         )
     except (BundleError, ImportError, RuntimeError, ValueError) as exc:
         print(f"policyrt run: {exc}", file=sys.stderr)

@@ -1,0 +1,155 @@
+"""Episode recording: what a real-time controller saw and did, as a dataset training can read.
+
+One row per new observation a robot slot was answered for (ticks that re-used an observation add
+no row, so rows follow the robot's steps, not the controller's ticks): the observation, the
+action sent in answer (after the safety chain: what the robot executed from then on), the
+policy's raw output (stored as `expert_actions`, the dataset's second action column), and the
+reward. Rewards arrive one step late (an OBS carries the reward of the step that led to it), so
+row t gets the reward that came with row t+1's observation. Observations the conflated stream
+dropped are missing from the rows, as they were missing for the policy. An episode ends with its terminal OBS (its flags become the last row's
+terminated/truncated); an episode that is abandoned (the robot restarted, the run stopped, the
+episode number changed because the terminal OBS was conflated away) ends truncated.
+
+Rows go into per-slot buffers allocated once (`max_steps` rows); finished episodes are kept as
+copies and the dataset is written at `close()`:
+
+- `npz` (default; numpy only, so it runs on the board): `DIR/episodes.npz` + `DIR/dataset.json`,
+  the layout of `policyrt sim collect --format npz` (sim/dataset.py), which `policyrt train
+  --data DIR` reads;
+- `minari`: the same episodes through `policyrt.sim.dataset` into a Minari dataset (needs the sim
+  extra and `minari`; for a workstation, not a board).
+
+Board-side module (for the npz format): standard library and numpy only, Python 3.10.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+FIELDS = ("observations", "actions", "expert_actions", "rewards", "terminations", "truncations")
+FORMATS = ("npz", "minari")
+
+
+class EpisodeRecorder:
+    def __init__(self, out_dir, *, fmt: str = "npz", max_steps: int = 100_000, command: str = ""):
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown dataset format {fmt!r}; use one of {', '.join(FORMATS)}")
+        self.out_dir, self.fmt, self.max_steps, self.command = Path(out_dir), fmt, max_steps, command
+        self.episodes: list[dict] = []  # finished episodes: FIELDS + final_observation + slot
+        self._controller = None
+
+    def bind(self, controller) -> None:
+        b, n, a, cap = controller.batch, controller.obs_dim, controller.act_dim, self.max_steps
+        self._controller = controller
+        self.obs = np.zeros((b, cap, n), np.float32)
+        self.act = np.zeros((b, cap, a), np.float32)
+        self.raw = np.zeros((b, cap, a), np.float32)
+        self.rew = np.zeros((b, cap + 1), np.float32)  # rew[k]: reward that came with row k's obs
+        self.len = np.zeros(b, np.int64)
+
+    def record(self, controller, raw, reset: np.ndarray) -> None:
+        """After a tick's send: append rows, close episodes. Called by the loop every tick."""
+        for i, port in enumerate(controller.ports):
+            if reset[i] and self.len[i]:
+                self._finish(i, terminated=False, truncated=True, final_obs=None, final_reward=0.0)
+            if controller.active[i] and port.new_obs:
+                k = self.len[i]
+                if k == self.max_steps:
+                    self._finish(i, terminated=False, truncated=True, final_obs=None, final_reward=0.0)
+                    k = 0
+                self.obs[i, k] = controller.obs[i]
+                self.act[i, k] = controller.safety.out[i]
+                self.raw[i, k] = np.nan if raw is None else raw[i]
+                self.rew[i, k] = controller.rewards[i]
+                self.len[i] = k + 1
+            elif port.new_obs and port.awaiting_reset and self.len[i]:  # the terminal OBS
+                flags = port.obs_flags
+                self._finish(i, bool(flags & 2), bool(flags & 4), port.obs, port.reward)
+            elif port.spec is None and self.len[i]:  # the robot left or restarts
+                self._finish(i, terminated=False, truncated=True, final_obs=None, final_reward=0.0)
+
+    def _finish(self, i: int, terminated: bool, truncated: bool, final_obs, final_reward: float) -> None:
+        n = int(self.len[i])
+        self.len[i] = 0
+        rewards = np.empty(n, np.float32)
+        rewards[:-1] = self.rew[i, 1:n]  # row t's reward arrived with row t+1's observation
+        rewards[-1] = final_reward
+        term = np.zeros(n, bool)
+        trunc = np.zeros(n, bool)
+        term[-1], trunc[-1] = terminated, truncated or not terminated
+        self.episodes.append(
+            {
+                "observations": self.obs[i, :n].copy(),
+                "actions": self.act[i, :n].copy(),
+                "expert_actions": self.raw[i, :n].copy(),
+                "rewards": rewards,
+                "terminations": term,
+                "truncations": trunc,
+                "final_observation": (
+                    self.obs[i, n - 1] if final_obs is None else np.asarray(final_obs)
+                ).copy(),
+                "slot": i,
+            }
+        )
+
+    def close(self) -> Path | None:
+        """Close the running episodes (truncated) and write the dataset; returns its directory."""
+        c = self._controller
+        if c is None:
+            return None
+        for i in range(c.batch):
+            if self.len[i]:
+                self._finish(i, terminated=False, truncated=True, final_obs=None, final_reward=0.0)
+        if not self.episodes:
+            log.warning("episode recorder: no episode to write")
+            return None
+        robots = [p.spec.robot for p in c.ports if p.spec is not None]
+        low, high = c.safety.low[0], c.safety.high[0]
+        meta = {
+            "env_id": robots[0] if robots else "",
+            "source": "policyrt real-time controller",
+            "expert": "the policy's raw output (expert_actions); actions are what the safety chain sent",
+            "command": self.command,
+            "rate_hz": c.config.rate_hz,
+            "robots": c.robots,
+            "obs_dim": c.obs_dim,
+            "act_dim": c.act_dim,
+            "action_low": low.tolist(),
+            "action_high": high.tolist(),
+            "episodes": len(self.episodes),
+            "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.fmt == "minari":
+            self._write_minari(meta)
+        else:
+            arrays = {f: np.concatenate([e[f] for e in self.episodes]) for f in FIELDS}
+            lengths = [len(e["rewards"]) for e in self.episodes]
+            arrays["episode_starts"] = np.cumsum([0, *lengths[:-1]]).astype(np.int64)
+            with open(self.out_dir / "episodes.npz", "wb") as f:
+                np.savez_compressed(f, **arrays)
+            (self.out_dir / "dataset.json").write_text(json.dumps({**meta, "format": "npz"}, indent=2) + "\n")
+        log.info(
+            "episode recorder: wrote %d episode(s) to %s (%s)", len(self.episodes), self.out_dir, self.fmt
+        )
+        return self.out_dir
+
+    def _write_minari(self, meta: dict) -> None:
+        try:
+            from policyrt.sim.dataset import Dataset, Episode
+        except ImportError as exc:  # pragma: no cover - the sim extra is missing
+            raise RuntimeError(
+                f"the minari format needs the sim extra ({exc}); record with format npz"
+            ) from None
+        episodes = [
+            Episode(**{f: e[f] for f in FIELDS}, final_observation=e["final_observation"])
+            for e in self.episodes
+        ]
+        Dataset(episodes=episodes, meta=meta).save(self.out_dir, fmt="minari")
