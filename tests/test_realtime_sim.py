@@ -239,3 +239,31 @@ def test_flight_recorder_dumps_on_request_off_the_hot_path(tmp_path):
     assert meta["reason"] == "sigusr1" and len(arrays["tick"]) == 16
     assert arrays["obs"].shape == (16, 1, 4) and arrays["stage_ns"].shape == (16, 5)
     assert meta["stages"] == ["receive", "infer", "filter", "send", "tick"]
+
+
+def test_prometheus_endpoint_serves_the_counters_and_stage_histograms():
+    import socket
+    import urllib.request
+
+    from realtime_helpers import linear_session, run_in_thread, wait_until
+
+    from policyrt.controllers.realtime_loop import RealtimeConfig, RealtimeController
+    from policyrt.controllers.telemetry import Telemetry
+
+    pytest.importorskip("prometheus_client")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    telemetry = Telemetry(None, prometheus_port=port, publish_hz=50)
+    controller = RealtimeController(
+        linear_session(), [endpoint_for("ipc")], RealtimeConfig(rate_hz=200.0), telemetry=telemetry
+    )
+    thread, _ = run_in_thread(controller)
+    try:
+        wait_until(lambda: telemetry.published >= 2, "two published snapshots")
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=PATIENCE_S).read().decode()
+    finally:
+        controller.request_stop()
+        thread.join(PATIENCE_S)
+    assert "policyrt_ticks " in text and 'policyrt_fallbacks{reason="stale"}' in text
+    assert 'policyrt_stage_seconds_count{stage="infer"}' in text
