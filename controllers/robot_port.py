@@ -47,6 +47,7 @@ class RobotPort:
         self.spec: Spec | None = None
         self.bounds: tuple[np.ndarray, np.ndarray] | None = None  # set with each accepted SPEC
         self.hello_ns = 0  # when HELLO was last sent (0: never)
+        self.spec_ns = 0  # when the current SPEC was accepted
         self.hellos = 0
         # Latest observation (a copy: the link's receive buffer is reused by the next frame).
         self.obs = np.zeros(manifest.obs_dim, np.float32)
@@ -117,7 +118,7 @@ class RobotPort:
     def _control(self, msg, now_ns: int, tick: int) -> None:
         mtype = msg.type
         if mtype is MsgType.SPEC:
-            self._accept_spec(msg.spec, tick)
+            self._accept_spec(msg.spec, tick, now_ns)
         elif mtype is MsgType.ESTOP:
             if not self.estop:
                 self.estop = True
@@ -143,7 +144,7 @@ class RobotPort:
         elif mtype is not MsgType.HEARTBEAT:
             self.errors.add(ProtocolError("unexpected", f"{mtype.name} from the robot on the session link"))
 
-    def _accept_spec(self, spec: Spec, tick: int) -> None:
+    def _accept_spec(self, spec: Spec, tick: int, now_ns: int) -> None:
         try:
             low, high = check_spec(spec, self.manifest, self.endpoint)
             if spec.num_envs != 1:
@@ -159,6 +160,7 @@ class RobotPort:
             self.spec = None
             return
         self.spec, self.bounds = spec, (low, high)
+        self.spec_ns = now_ns
         self.obs_ns = 0  # the session's first OBS resets the slot
         self.awaiting_reset = False
         self.spec_changed = True
@@ -178,7 +180,7 @@ class RobotPort:
     def maybe_hello(self, now_ns: int, retry_ns: int, silent_ns: int) -> None:
         """HELLO when the robot has no session with us, or its observations stopped for
         `silent_ns` (it may have restarted): at most once per `retry_ns`."""
-        silent = self.spec is not None and self.obs_ns and now_ns - self.obs_ns > silent_ns
+        silent = self.spec is not None and now_ns - max(self.obs_ns, self.spec_ns) > silent_ns
         if (self.spec is None or silent) and now_ns - self.hello_ns >= retry_ns:
             self.hello_ns = now_ns
             if self.session.send(self.enc.control(MsgType.HELLO)):
