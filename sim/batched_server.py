@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 _RESET, _IDLE = int(SlotFlag.RESET), int(SlotFlag.IDLE)
 _TERMINATED, _TRUNCATED = int(SlotFlag.TERMINATED), int(SlotFlag.TRUNCATED)
 _ENDED = _TERMINATED | _TRUNCATED
+_WORK_NONE, _WORK_STEP, _WORK_RESET = 0, 1, 2
 
 
 @dataclass
@@ -47,7 +49,7 @@ class BatchedLockstepServer(_LockstepServer):
 
     act_type = MsgType.ACT_BATCH
 
-    def __init__(self, envs: list, spec: Spec, link: Link, seed: int, spin_us: int):
+    def __init__(self, envs: list, spec: Spec, link: Link, seed: int, spin_us: int, env_threads: int = 1):
         super().__init__(envs[0], spec, link, seed, spin_us, seeding="episode")
         n = len(envs)
         self.envs = envs
@@ -63,6 +65,15 @@ class BatchedLockstepServer(_LockstepServer):
         self.quota: int | None = None
         self.next_episode = 0
         self.redo: list[int] = []  # indices of abandoned episodes, replayed before new ones
+        self.work = np.zeros(n, np.uint8)  # what each slot does this tick (_WORK_*)
+        self.actions = np.zeros((n, *self.action.shape), self.action.dtype)
+        # In lockstep the controller waits while the server steps, so on a 2-core machine a second
+        # thread has a core to itself for half of the environments.
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="env-step") if env_threads > 1 and n > 1 else None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
     def run(self, episodes: int | None, timeout_s: float, connect_timeout_s: float | None) -> tuple[str, str]:
         self.quota = episodes
@@ -99,6 +110,13 @@ class BatchedLockstepServer(_LockstepServer):
         return self.next_episode - 1
 
     def _start_slot(self, i: int) -> None:
+        self._assign_slot(i)
+        if self.running[i] is not None:
+            obs, _ = self.envs[i].reset(seed=self.running[i].seed)
+            self.obs[i] = np.ravel(obs)
+
+    def _assign_slot(self, i: int) -> None:
+        """The slot's next episode (its RESET row; the reset itself is the caller's) or IDLE."""
         index = self._take_episode()
         self.rewards[i] = 0.0
         if index is None:
@@ -106,10 +124,7 @@ class BatchedLockstepServer(_LockstepServer):
             self.obs[i] = 0.0
             self.flags[i], self.slot_episode[i], self.slot_step[i] = _IDLE, 0, 0
             return
-        seed = episode_seed(self.seed, index)
-        obs, _ = self.envs[i].reset(seed=seed)
-        self.running[i] = _Running(index, seed)
-        self.obs[i] = np.ravel(obs)
+        self.running[i] = _Running(index, episode_seed(self.seed, index))
         self.flags[i], self.slot_episode[i], self.slot_step[i] = _RESET, index, 0
 
     def _send_batch(self) -> None:
@@ -119,31 +134,53 @@ class BatchedLockstepServer(_LockstepServer):
         self.link.send(frame)  # a failed send shows up as the controller's silence
 
     def _step(self, act: Message) -> bool:
+        """One tick in three phases: decide each slot's work in slot order (which episode a
+        restarting slot takes must not depend on timing), do the environment work -- resets and
+        steps, the expensive part -- on `env_threads` threads, then account in slot order."""
         t_act = now_ns()
         if (act.slots[0] & _ESTOP).any():
             self._set_estop(True)
-        actions = act.values
-        for i, env in enumerate(self.envs):
+        for i in range(len(self.envs)):
             if self.flags[i] & _ENDED:  # its terminal row went out last tick: move on
-                self._start_slot(i)
-                continue
-            run = self.running[i]
-            if run is None:  # idle
-                continue
-            self.action[...] = self.safe_action if self.estop else actions[i].reshape(self.action.shape)
-            obs, reward, terminated, truncated, _ = env.step(self.action)
-            run.length += 1
-            run.ep_return += float(reward)
-            self.steps += 1
-            self.obs[i] = np.ravel(obs)
-            self.rewards[i] = reward
-            self.slot_step[i] = run.length
-            self.flags[i] = (_TERMINATED if terminated else 0) | (_TRUNCATED if truncated else 0)
-            if terminated or truncated:
-                self._end_episode(i, run, bool(terminated), bool(truncated))
+                self._assign_slot(i)
+                self.work[i] = _WORK_RESET if self.running[i] is not None else _WORK_NONE
+            else:
+                self.work[i] = _WORK_STEP if self.running[i] is not None else _WORK_NONE
+        self.actions[:] = self.safe_action if self.estop else act.values.reshape(self.actions.shape)
+        if self._pool is None:
+            self._env_work(0, len(self.envs))
+        else:  # MuJoCo's mj_step releases the GIL: the physics of the two halves overlaps
+            half = (len(self.envs) + 1) // 2
+            other = self._pool.submit(self._env_work, half, len(self.envs))
+            self._env_work(0, half)
+            other.result()
+        for i in range(len(self.envs)):
+            if self.work[i] == _WORK_STEP:
+                self._account_step(i)
         self.times.record(t_act - self.t_sent, now_ns() - t_act)
         self._send_batch()
         return self.quota is not None and len(self.episodes) >= self.quota
+
+    def _env_work(self, lo: int, hi: int) -> None:
+        """Resets and steps of slots lo..hi-1; each writes only its own rows."""
+        for i in range(lo, hi):
+            if self.work[i] == _WORK_STEP:
+                obs, reward, terminated, truncated, _ = self.envs[i].step(self.actions[i])
+                self.obs[i] = np.ravel(obs)
+                self.rewards[i] = reward
+                self.flags[i] = (_TERMINATED if terminated else 0) | (_TRUNCATED if truncated else 0)
+            elif self.work[i] == _WORK_RESET:
+                obs, _ = self.envs[i].reset(seed=self.running[i].seed)
+                self.obs[i] = np.ravel(obs)
+
+    def _account_step(self, i: int) -> None:
+        run = self.running[i]
+        run.length += 1
+        run.ep_return += float(self.rewards[i])
+        self.steps += 1
+        self.slot_step[i] = run.length
+        if self.flags[i] & _ENDED:
+            self._end_episode(i, run, bool(self.flags[i] & _TERMINATED), bool(self.flags[i] & _TRUNCATED))
 
     def _end_episode(self, slot: int, run: _Running, terminated: bool, truncated: bool) -> None:
         self.running[slot] = None
