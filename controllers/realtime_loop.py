@@ -244,6 +244,12 @@ class RealtimeController:
         ]
         for port in self.ports:
             self._set_stale(port)
+        try:
+            self._warm_up()  # before any helper thread starts: a broken session fails here, alone
+        except BaseException:
+            for port in self.ports:
+                port.close()
+            raise
         if self.recorder is not None:
             self.recorder.bind(self)
         if self.episode_recorder is not None:
@@ -253,7 +259,6 @@ class RealtimeController:
         sched = self.scheduler
         limit_ticks = None if stop_after_s is None else max(1, int(round(stop_after_s * cfg.rate_hz)))
         reason, detail = "stopped", "request_stop() was called"
-        self._warm_up()
         gc.collect()
         gc.freeze()  # everything alive now lives for the whole run: keep collections off it
         # No collections during the run at all: the loop's garbage is freed by reference counting
