@@ -267,3 +267,41 @@ def test_prometheus_endpoint_serves_the_counters_and_stage_histograms():
         thread.join(PATIENCE_S)
     assert "policyrt_ticks " in text and 'policyrt_fallbacks{reason="stale"}' in text
     assert 'policyrt_stage_seconds_count{stage="infer"}' in text
+
+
+def test_the_realtime_sim_counts_ten_thousand_malformed_frames_and_keeps_stepping(tmp_path):
+    import time
+
+    import numpy as np
+    from test_realtime_faults import kinds_of, malformed_frames
+
+    from policyrt.protocol import Encoder, MsgType
+    from policyrt.stream import open_session_link, open_stream_link
+
+    ep = endpoint_for("ipc")
+    results = tmp_path / "sim.json"
+    sim = realtime_sim(ep, results=results)
+    session, stream = open_session_link(ep, bind=False), open_stream_link(ep, bind=False)
+    try:
+        enc = Encoder(act_dim=1)
+        while not session.send(enc.control(MsgType.HELLO)):  # IMMEDIATE: wait for the connection
+            time.sleep(0.01)
+        msg = session.recv(PATIENCE_S)
+        assert msg is not None and msg.type is MsgType.SPEC
+        frames = malformed_frames(10_000, seed=3)
+        for frame in frames:
+            while not session.send(frame):
+                time.sleep(0.001)
+        # Still stepping and answering: valid ACTs are applied after the flood.
+        for _ in range(20):
+            stream.send(enc.act(np.zeros(1, np.float32), ack=0))
+            time.sleep(0.01)
+        session.send(enc.control(MsgType.BYE))
+        code, _, err = finish(sim)
+    finally:
+        session.close()
+        stream.close()
+    assert code == 0, err
+    result = json.loads(results.read_text())
+    assert result["errors"] == kinds_of(frames)
+    assert result["stop_reason"] == "controller_left" and result["acts"] > 0 and result["steps"] > 0
