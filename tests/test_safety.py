@@ -230,3 +230,67 @@ def test_many_fault_runs_are_all_counted_but_logged_sparsely(caplog):
     starts = [r.getMessage() for r in caplog.records if "-> fallback" in r.getMessage()]
     assert len(starts) == 10 + 2  # runs 1..10, 100, 200
     assert "only every 100th run is logged" in starts[9] and "[run 200]" in starts[-1]
+
+
+# ---- properties over random bounds, actions, faults and settings --------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_any = st.floats(width=32, allow_nan=True, allow_infinity=True)
+_finite = st.floats(-100, 100, width=32)
+
+
+@st.composite
+def _case(draw):
+    dim, batch = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    lows = draw(st.lists(_finite, min_size=dim, max_size=dim))
+    widths = draw(st.lists(st.floats(0, 50, width=32), min_size=dim, max_size=dim))
+    low = np.array(lows, np.float32)
+    high = (low + np.array(widths, np.float32)).astype(np.float32)
+    mode = draw(st.sampled_from(["hold", "zero", "safe"]))
+    fallback = draw(st.lists(_finite, min_size=dim, max_size=dim)) if mode == "safe" else mode
+    delta = draw(st.one_of(st.none(), st.floats(0.0625, 10, width=32)))
+    ticks = draw(
+        st.lists(
+            st.tuples(
+                st.lists(_any, min_size=batch * dim, max_size=batch * dim),
+                st.lists(
+                    st.sampled_from([0, STALE, DEADLINE, ESTOP, STALE | ESTOP]),
+                    min_size=batch,
+                    max_size=batch,
+                ),
+                st.lists(st.booleans(), min_size=batch, max_size=batch),
+            ),
+            min_size=1,
+            max_size=6,
+        )
+    )
+    return dim, batch, low, high, fallback, delta, ticks
+
+
+@settings(max_examples=300, deadline=None)
+@given(_case())
+def test_the_output_is_always_finite_within_bounds_rate_limited_and_flagged(case):
+    dim, batch, low, high, fallback, delta, ticks = case
+    chain = SafetyChain(low, high, batch=batch, fallback=fallback, max_delta=delta)
+    for tick, (values, caller_faults, active) in enumerate(ticks):
+        raw = np.array(values, np.float32).reshape(batch, dim)
+        before = chain.applied.copy()
+        faults = np.array(caller_faults, np.uint8)
+        active = np.array(active, bool)
+        out = chain.filter(raw, faults, tick, active).copy()
+        flags = chain.flags
+        for slot in np.flatnonzero(active):
+            row = out[slot]
+            assert np.isfinite(row).all()
+            assert (row >= low - 1e-6).all() and (row <= high + 1e-6).all()
+            finite = np.isfinite(raw[slot]).all()
+            faulted = caller_faults[slot] != 0 or not finite
+            assert bool(flags[slot] & ACT_FALLBACK) == faulted
+            assert bool(flags[slot] & ACT_ESTOP) == bool(caller_faults[slot] & ESTOP)
+            if not faulted and delta is not None:
+                assert (np.abs(row - before[slot]) <= np.float32(delta) * (1 + 1e-5) + 1e-5).all()
+            if not faulted and delta is None:
+                assert np.array_equal(row, np.clip(raw[slot], low, high))
+        assert np.array_equal(chain.applied[~active], before[~active])  # inactive slots untouched
