@@ -121,7 +121,8 @@ def _mean(episodes) -> float | None:
 def table(rows: list[dict]) -> str:
     head = (
         "| bundle | rate | misses | skipped | jitter p50 / p99 us | receive p50/p99 | infer p50/p99 | "
-        "filter p50/p99 | send p50/p99 | tick p50/p99 | fallbacks (stale/deadline/nonfinite/estop) | sim safe steps |"
+        "filter p50/p99 | send p50/p99 | tick p50/p99 | fallbacks (stale/deadline/nonfinite/estop) | "
+        "sim: safe steps, held steps, mean return |"
     )
     lines = [head, "|" + "---|" * 12]
     for r in rows:
@@ -136,7 +137,8 @@ def table(rows: list[dict]) -> str:
             f"{r['deadline_misses']} ({r['deadline_miss_pct']:.2f} %) | {r['skipped_ticks']} | "
             f"{r['jitter_us']['p50_us']:.0f} / {r['jitter_us']['p99_us']:.0f} | {pp('receive')} | {pp('infer')} | "
             f"{pp('filter')} | {pp('send')} | {pp('tick')} | "
-            f"{fb['stale']}/{fb['deadline']}/{fb['nonfinite']}/{fb['estop']} | {r['sim']['safe_steps']} |"
+            f"{fb['stale']}/{fb['deadline']}/{fb['nonfinite']}/{fb['estop']} | "
+            f"{r['sim']['safe_steps']}, {r['sim']['held_steps']}, {r['sim']['mean_return']} |"
         )
     return "\n".join(lines)
 
