@@ -19,8 +19,10 @@ def episode_arrays(dataset, labels: str = "applied") -> list[dict[str, np.ndarra
       trains in fewer steps.
     - `expert`: the expert's clean action everywhere (behaviour cloning; the return token then
       barely matters)."""
+    if labels == "auto":
+        labels = "behaviour" if {"random_mix", "expert_gain"} & set(dataset.meta) else "applied"
     if labels not in LABELS:
-        raise ValueError(f"labels must be one of {', '.join(LABELS)}, got {labels!r}")
+        raise ValueError(f"labels must be one of auto, {', '.join(LABELS)}, got {labels!r}")
     levels = _behaviour_levels(dataset) if labels == "behaviour" else None
     out = []
     for i, ep in enumerate(dataset.episodes):

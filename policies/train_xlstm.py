@@ -25,8 +25,8 @@ class TrainXLSTMArgs:
     """Dataset directory written by `policyrt sim collect`."""
     out: Path
     """Checkpoint directory to write (config.json + model.safetensors)."""
-    steps: int = 1500
-    """Optimizer steps."""
+    steps: int = 2000
+    """Optimizer steps (about 5 minutes on 2 cores with the default sizes)."""
     batch_size: int = 16
     """Windows per step."""
     window: int = 128
@@ -37,18 +37,19 @@ class TrainXLSTMArgs:
     """AdamW weight decay."""
     seed: int = 0
     """Seeds torch and numpy: the same seed and data give the same weights."""
-    embedding_dim: int = 128
+    embedding_dim: int = 64
     """Token and block width."""
-    num_blocks: int = 4
+    num_blocks: int = 2
     """mLSTM blocks in the stack."""
-    num_heads: int = 4
+    num_heads: int = 2
     """Heads per mLSTM block."""
     return_scale: float = 1000.0
     """Return-to-go is divided by this in the token."""
-    labels: str = "applied"
+    labels: str = "auto"
     """Action label: `applied` (the action each episode took; with mixed-quality data the return token
     then selects the behaviour), `behaviour` (the mean action of the scripted policy that collected the
-    episode: the same conditioning without the noise) or `expert` (the expert's clean action)."""
+    episode: the same conditioning without the noise) or `expert` (the expert's clean action); `auto`:
+    behaviour when the dataset records how it was collected (`policyrt sim collect`), else applied."""
     threads: int = 1
     """Torch intra-op threads. One is steady on a shared 2-core machine: more threads spin-wait and
     slow down badly as soon as another process competes for the cores."""

@@ -26,6 +26,10 @@ class OnnxRuntimeBackend(Backend):
         options = ort.SessionOptions()
         # Latency first: one intra-op thread avoids thread wake-ups that cost more than these tiny ops.
         options.intra_op_num_threads = intra_op_threads
+        if intra_op_threads > 1:
+            # Worker threads that spin after each run would take the core the robot (or a batched
+            # sim server) needs between steps; let them sleep instead.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         levels = {

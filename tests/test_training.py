@@ -187,10 +187,11 @@ def test_random_mix_makes_weaker_episodes_and_labels_follow_the_choice(tmp_path)
     np.testing.assert_array_equal(applied[1]["label"], random_ep.actions)
     np.testing.assert_array_equal(expert[1]["label"], random_ep.expert_actions)
     behaviour = episode_arrays(dataset, "behaviour")  # w = 1: the random policy's mean, mid-range (0 here)
+    np.testing.assert_array_equal(episode_arrays(dataset, "auto")[1]["label"], behaviour[1]["label"])
     np.testing.assert_array_equal(behaviour[0]["label"], expert_ep.expert_actions)
     np.testing.assert_array_equal(behaviour[1]["label"], np.zeros_like(random_ep.actions))
     assert json.loads((out / "dataset.json").read_text())["random_mix"] == [0.0, 1.0]
-    with pytest.raises(ValueError, match="labels must be one of applied, expert, behaviour"):
+    with pytest.raises(ValueError, match="labels must be one of auto, applied, expert, behaviour"):
         episode_arrays(dataset, "clean")
 
 

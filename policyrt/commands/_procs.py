@@ -26,14 +26,14 @@ def closed_loop(bundle: str, env_id: str, episodes: int, endpoint: str | None = 
                 backend: str = "auto", spin_us: int = 0, timeout_s: float = 600.0, *, num_envs: int = 1,
                 seeding: str | None = None, env_args: Sequence[str] = (), stage_times_dir: Path | None = None,
                 on_episode: Callable[[int], None] | None = None,
-                target_return: float | None = None) -> tuple[dict, dict]:
+                target_return: float | None = None, threads: int = 1) -> tuple[dict, dict]:
     """Run `policyrt sim serve` and `policyrt run` against each other; returns (server, controller) results.
 
     num_envs: environments in the server (one session of that batch in the controller). seeding:
     the server's --seeding. env_args: KEY=VALUE passed to gymnasium.make. stage_times_dir: keep the
     raw stage durations there (server_times.npz, controller_times.npz). on_episode(n): called with
     the number of completed episodes each time one ends. target_return: commanded return (None:
-    the bundle's).
+    the bundle's). threads: the controller's ONNX Runtime intra-op threads.
     """
     with tempfile.TemporaryDirectory(prefix="policyrt-loop-") as tmp:  # results and the ipc socket
         work = Path(tmp)
@@ -44,6 +44,7 @@ def closed_loop(bundle: str, env_id: str, episodes: int, endpoint: str | None = 
             server_args += ["--env-arg", item]
         controller_args = [bundle, "--episodes", str(episodes), "--backend", backend, "--spin-us", str(spin_us)]
         controller_args += [] if target_return is None else ["--target-return", repr(float(target_return))]
+        controller_args += [] if threads == 1 else ["--threads", str(threads)]
         if stage_times_dir is not None:
             server_args += ["--stage-times", str(Path(stage_times_dir) / "server_times.npz")]
             controller_args += ["--stage-times", str(Path(stage_times_dir) / "controller_times.npz")]

@@ -34,7 +34,7 @@ TRAINERS = {
 
 
 # Fields with a fixed set of values (argparse lists them in --help and refuses others by name).
-CHOICES = {"labels": ("applied", "behaviour", "expert")}
+CHOICES = {"labels": ("auto", "applied", "behaviour", "expert")}
 
 
 def _trainer(kind: str):
