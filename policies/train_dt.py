@@ -46,6 +46,10 @@ class TrainDTArgs:
     """Timestep embedding table size."""
     return_scale: float = 1000.0
     """Return-to-go is divided by this in the token."""
+    target_return: float | None = None
+    """Return the bundle commands by default at each reset (default: the best return in the dataset).
+    Where returns depend on the start state (Reacher: the target's distance), the best one is out of
+    reach from most starts, and a typical expert return serves better."""
     labels: str = "auto"
     """Action label: `applied` (the action each episode took; with mixed-quality data the return token
     then selects the behaviour), `behaviour` (the mean action of the scripted policy that collected the
@@ -88,7 +92,7 @@ def train(args: TrainDTArgs, progress: bool = True, command: str | None = None) 
         max_ep_len=args.max_ep_len,
         context=args.context,
         return_scale=args.return_scale,
-        target_return=float(dataset.returns().max()),
+        target_return=float(dataset.returns().max()) if args.target_return is None else args.target_return,
     )
     policy = DTPolicy(config)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=args.weight_decay)

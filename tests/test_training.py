@@ -221,3 +221,12 @@ def test_train_on_a_missing_dataset_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["train", "dt", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "ckpt")]) == 2
     err = capsys.readouterr().err
     assert "nowhere has no dataset.json" in err and "Traceback" not in err
+
+
+def test_target_return_defaults_to_the_best_in_the_data_and_can_be_set(small_dataset, tmp_path):
+    base = ["train", "xlstm", "--data", str(small_dataset), "--steps", "1", "--batch-size", "1", "--window", "8",
+            "--embedding-dim", "32", "--num-blocks", "1", "--num-heads", "2"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    assert main([*base, "--out", str(tmp_path / "b"), "--target-return", "640"]) == 0
+    targets = [json.loads((tmp_path / n / "config.json").read_text())["config"]["target_return"] for n in "ab"]
+    assert targets == [1000.0, 640.0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import types
 import typing
 from pathlib import Path
 
@@ -33,6 +34,12 @@ TRAINERS = {
 }
 
 
+def _plain(hint):
+    """`float | None` -> float: an optional field is simply left out on the command line."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1 else hint
+
+
 # Fields with a fixed set of values (argparse lists them in --help and refuses others by name).
 CHOICES = {"labels": ("auto", "applied", "behaviour", "expert")}
 
@@ -59,7 +66,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         docs = {k: v.replace("%", "%%") for k, v in _arg_docs(args_class).items()}  # argparse formats help with %
-        hints = typing.get_type_hints(args_class)
+        hints = {name: _plain(hint) for name, hint in typing.get_type_hints(args_class).items()}
         for f in dataclasses.fields(args_class):
             flag = "--" + f.name.replace("_", "-")
             if f.default is dataclasses.MISSING:
