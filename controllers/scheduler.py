@@ -16,11 +16,16 @@ Board-side module: standard library and numpy only, Python 3.10.
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
 
 _now = time.monotonic_ns
+
+
+def _no_yield() -> None:
+    pass
 
 
 class TickScheduler:
@@ -42,6 +47,11 @@ class TickScheduler:
         self.spin_ns = max(0, int(spin_us * 1000))
         self._clock = clock
         self._sleep = sleep  # clock and sleep are injectable so tests can run on simulated time
+        # The busy-wait yields the CPU at every turn. Under SCHED_FIFO a thread that spins without
+        # yielding starves the process's other threads of the same priority on its CPU -- among
+        # them ZeroMQ's I/O thread, which then delivers no frame until the spin ends, so the
+        # observation that arrived during the spin shows up one tick late.
+        self._yield = getattr(os, "sched_yield", _no_yield)
         self.t0 = 0  # due time of tick 0; set by start()
         self.tick = -1  # index of the tick returned by the last wait()
         self.skipped = 0  # due ticks passed over because the loop was late
@@ -79,7 +89,7 @@ class TickScheduler:
             if sleep_ns > 0:
                 self._sleep(sleep_ns / 1e9)
             while self._clock() < due:
-                pass
+                self._yield()
             now = self._clock()
         self._jitter[self.count % len(self._jitter)] = now - due
         self.count += 1
