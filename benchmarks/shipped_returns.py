@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = {
     "inverted-pendulum": ("InvertedPendulum-v5", 20.0),
     "double-pendulum": ("InvertedDoublePendulum-v5", 1000.0),
-    "reacher": ("Reacher-v5", -15.0),
+    "reacher": ("Reacher-v5", -30.0),
 }
 
 
