@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = [ROOT / "bundles" / "inverted-pendulum-xlstm.policy", ROOT / "bundles" / "inverted-pendulum-dt.policy"]
-ENV = "InvertedPendulum-v5"
+ENV = "InvertedPendulum-v5"  # the shipped pendulum bundles; --bundle for others must fit it
 TARGET = 5.0
 
 
@@ -44,10 +44,12 @@ def light_bundle(out_dir: Path) -> Path:
     return export_policy(policy, doc, Path("random"), out_dir / "light-xlstm.policy", progress=lambda *_: None)
 
 
-def measure(bundle: Path, parallel: int, episodes: int, max_steps: int, seed: int) -> dict:
+def measure(bundle: Path, parallel: int, episodes: int, max_steps: int, seed: int, env_threads: int | None = None,
+            controller_threads: int = 1) -> dict:
     from policyrt.sim.evaluate import Candidate, EvalConfig, check_inputs, run_candidate
 
-    cfg = EvalConfig(ENV, episodes, parallel=parallel, seed=seed, max_episode_steps=max_steps)
+    cfg = EvalConfig(ENV, episodes, parallel=parallel, seed=seed, max_episode_steps=max_steps,
+                     env_threads=env_threads, controller_threads=controller_threads if parallel > 1 else 1)
     cand = Candidate(str(bundle), "onnxruntime")
     check_inputs(cfg, [cand])
     run = run_candidate(cfg, cand)
@@ -75,6 +77,10 @@ def main() -> int:
     p.add_argument("--max-episode-steps", type=int, default=500, help="time limit per episode (default 500)")
     p.add_argument("--repeats", type=int, default=1, help="alternate P=1 / P=16 this many times (default 1)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--env-threads", type=int, choices=[1, 2],
+                   help="the sim server's stepping threads (default: its own, 2 from 4 environments up)")
+    p.add_argument("--controller-threads", type=int, default=1,
+                   help="ONNX Runtime intra-op threads of the batched controller (default 1)")
     p.add_argument("--json", type=Path, help="write the results there")
     args = p.parse_args()
 
@@ -87,7 +93,8 @@ def main() -> int:
             runs = {1: [], args.parallel: []}
             for _ in range(args.repeats):
                 for parallel in runs:  # alternated, so slow phases of the shared machine hit both
-                    result = measure(bundle, parallel, episodes, args.max_episode_steps, args.seed)
+                    result = measure(bundle, parallel, episodes, args.max_episode_steps, args.seed,
+                                     args.env_threads, args.controller_threads)
                     runs[parallel].append(result)
                     print(f"{bundle.name}: P={parallel}: {result['steps_per_s']:.0f} env steps/s "
                           f"({result['env_steps']} steps in {result['session_s']:.2f} s)", flush=True)

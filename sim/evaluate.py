@@ -39,6 +39,8 @@ class EvalConfig:
     seed: int = 0
     max_episode_steps: int | None = None  # None: the environment's own time limit
     timeout_s: float = 6 * 3600.0  # of one closed-loop run: a guard against hangs, not a budget
+    env_threads: int | None = None  # the server's stepping threads (None: 2 from 4 environments up)
+    controller_threads: int = 1  # the controller's ONNX Runtime intra-op threads
 
     def seeds(self) -> list[int]:
         return [episode_seed(self.seed, k) for k in range(self.episodes)]
@@ -137,7 +139,8 @@ def run_candidate(cfg: EvalConfig, cand: Candidate, progress: Progress | None = 
         server, controller = closed_loop(
             cand.bundle, cfg.env_id, cfg.episodes, seed=cfg.seed, backend=cand.backend, timeout_s=cfg.timeout_s,
             num_envs=cfg.parallel, seeding="episode", env_args=cfg.env_args(), stage_times_dir=Path(tmp),
-            on_episode=on_episode, target_return=cand.target_return,
+            on_episode=on_episode, target_return=cand.target_return, threads=cfg.controller_threads,
+            env_threads=cfg.env_threads,
         )
         wall_s = time.monotonic() - started
         stage_ns = {"controller": _load_stage_times(Path(tmp) / "controller_times.npz"),

@@ -26,20 +26,23 @@ def closed_loop(bundle: str, env_id: str, episodes: int, endpoint: str | None = 
                 backend: str = "auto", spin_us: int = 0, timeout_s: float = 600.0, *, num_envs: int = 1,
                 seeding: str | None = None, env_args: Sequence[str] = (), stage_times_dir: Path | None = None,
                 on_episode: Callable[[int], None] | None = None,
-                target_return: float | None = None, threads: int = 1) -> tuple[dict, dict]:
+                target_return: float | None = None, threads: int = 1,
+                env_threads: int | None = None) -> tuple[dict, dict]:
     """Run `policyrt sim serve` and `policyrt run` against each other; returns (server, controller) results.
 
     num_envs: environments in the server (one session of that batch in the controller). seeding:
     the server's --seeding. env_args: KEY=VALUE passed to gymnasium.make. stage_times_dir: keep the
     raw stage durations there (server_times.npz, controller_times.npz). on_episode(n): called with
     the number of completed episodes each time one ends. target_return: commanded return (None:
-    the bundle's). threads: the controller's ONNX Runtime intra-op threads.
+    the bundle's). threads: the controller's ONNX Runtime intra-op threads. env_threads: the
+    server's stepping threads (None: its default).
     """
     with tempfile.TemporaryDirectory(prefix="policyrt-loop-") as tmp:  # results and the ipc socket
         work = Path(tmp)
         server_args = ["--env", env_id, "--episodes", str(episodes), "--seed", str(seed), "--spin-us", str(spin_us),
                        "--connect-timeout", "60", "--num-envs", str(num_envs)]
         server_args += ["--seeding", seeding] if seeding else []
+        server_args += [] if env_threads is None else ["--env-threads", str(env_threads)]
         for item in env_args:
             server_args += ["--env-arg", item]
         controller_args = [bundle, "--episodes", str(episodes), "--backend", backend, "--spin-us", str(spin_us)]
