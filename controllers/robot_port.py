@@ -71,14 +71,7 @@ class RobotPort:
     def poll(self, now_ns: int, tick: int) -> None:
         self.new_obs = self.cleared = self.spec_changed = self.left = False
         self._drain_session(now_ns, tick)
-        for _ in range(MAX_STREAM_FRAMES_PER_TICK):
-            try:
-                msg = self.stream.recv(0)
-            except ProtocolError as exc:
-                self.errors.add(exc)
-                continue
-            if msg is None:
-                break
+        for msg in self.stream.pending(MAX_STREAM_FRAMES_PER_TICK, self.errors):
             if msg.type is not MsgType.OBS:
                 self.errors.add(ProtocolError("unexpected", f"{msg.type.name} on the observation stream"))
             elif self.spec is None and not self._drain_session(now_ns, tick):
@@ -89,14 +82,7 @@ class RobotPort:
 
     def _drain_session(self, now_ns: int, tick: int) -> bool:
         """Handle the pending control frames; True when a session with the robot is up."""
-        for _ in range(MAX_CONTROL_FRAMES_PER_TICK):
-            try:
-                msg = self.session.recv(0)
-            except ProtocolError as exc:
-                self.errors.add(exc)
-                continue
-            if msg is None:
-                break
+        for msg in self.session.pending(MAX_CONTROL_FRAMES_PER_TICK, self.errors):
             self._control(msg, now_ns, tick)
         return self.spec is not None
 

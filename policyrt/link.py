@@ -14,10 +14,11 @@ Board-side module: standard library, numpy and pyzmq only, Python 3.10.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import zmq
 
-from policyrt.protocol import MAX_FRAME_BYTES, Message, ProtocolError, decode
+from policyrt.protocol import MAX_FRAME_BYTES, ErrorTally, Message, ProtocolError, decode
 
 
 class Link:
@@ -85,6 +86,20 @@ class Link:
                 "length", f"frame of {n} bytes exceeds the {len(self._buf)}-byte receive buffer"
             )
         return decode(self._view[:n], obs_dim=self.obs_dim, act_dim=self.act_dim, num_envs=self.num_envs)
+
+    def pending(self, limit: int, errors: ErrorTally) -> Iterator[Message]:
+        """The frames already waiting, without blocking: at most `limit` of them (a flood cannot hold
+        up a tick), each valid one yielded (its values stay valid until the next one is read), each
+        malformed one counted in `errors` and skipped."""
+        for _ in range(limit):
+            try:
+                msg = self.recv(0)
+            except ProtocolError as exc:
+                errors.add(exc)
+                continue
+            if msg is None:
+                return
+            yield msg
 
     def _spin(self, spin_ns: int) -> int:
         end = time.perf_counter_ns() + spin_ns

@@ -254,23 +254,9 @@ class _RealtimeServer:
 
     def _receive(self, now: int) -> None:
         self.fresh_act = False
-        for _ in range(_MAX_FRAMES_PER_TICK):
-            try:
-                msg = self.session.recv(0)
-            except ProtocolError as exc:
-                self.errors.add(exc)
-                continue
-            if msg is None:
-                break
+        for msg in self.session.pending(_MAX_FRAMES_PER_TICK, self.errors):
             self._control(msg, now)
-        for _ in range(_MAX_FRAMES_PER_TICK):
-            try:
-                msg = self.stream.recv(0)
-            except ProtocolError as exc:
-                self.errors.add(exc)
-                continue
-            if msg is None:
-                break
+        for msg in self.stream.pending(_MAX_FRAMES_PER_TICK, self.errors):
             if msg.type is not MsgType.ACT:
                 self.errors.add(ProtocolError("unexpected", f"{msg.type.name} on the action stream"))
                 continue
