@@ -45,6 +45,8 @@ from policyrt.protocol import ErrorTally
 
 log = logging.getLogger(__name__)
 
+GC_EVERY_S = 10.0  # how often the loop collects cyclic garbage in a tick's slack (see run())
+
 # How long the final safe ACT and BYE may take to leave at shutdown (a vanished robot costs this).
 SHUTDOWN_FLUSH_MS = 300
 
@@ -261,10 +263,15 @@ class RealtimeController:
         reason, detail = "stopped", "request_stop() was called"
         gc.collect()
         gc.freeze()  # everything alive now lives for the whole run: keep collections off it
-        # No collections during the run at all: the loop's garbage is freed by reference counting
-        # (no cycles on the tick path), and a collection is a pause of unpredictable length.
+        # No automatic collections during the run: the loop's garbage is freed by reference counting
+        # (no cycles on the tick path), and an automatic collection is a pause at a random tick. The
+        # other threads (telemetry, reload, logging) may leave cycles, which a daemon running for
+        # weeks must not accumulate: every GC_EVERY_S a collection runs right after a tick that
+        # left more than half a period of slack (the frozen objects are not traversed, so it is short).
         gc_was_enabled = gc.isenabled()
         gc.disable()
+        gc_every = max(1, int(GC_EVERY_S * cfg.rate_hz))
+        next_gc = gc_every
         sched.start()
         try:
             while not self._stop:
@@ -273,6 +280,9 @@ class RealtimeController:
                     reason, detail = "duration", f"ran the requested {stop_after_s:g} s"
                     break
                 self._tick(tick)
+                if tick >= next_gc and sched.due(tick + 1) - sched._clock() > sched.period_ns // 2:
+                    gc.collect()
+                    next_gc = tick + gc_every
         except KeyboardInterrupt:
             reason, detail = "interrupted", "Ctrl-C"
         finally:

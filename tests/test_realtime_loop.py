@@ -4,6 +4,8 @@ wait on counters and on the frames that arrive."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from realtime_helpers import (
@@ -310,3 +312,31 @@ def test_episodes_are_recorded_as_a_dataset_training_can_read(harness, tmp_path)
     assert first.actions[:, 0].tolist() == pytest.approx([0.1, 0.2, 0.3])  # gain 1, within bounds
     assert len(second) == 1 and second.truncations.tolist() == [True]  # cut by the stop
     assert data.meta["env_id"] == "scripted real-time robot" and data.meta["action_high"] == [3.0]
+
+
+def test_cyclic_garbage_from_other_threads_is_collected_in_the_slack_of_a_tick(harness, monkeypatch):
+    """Automatic collections are off during the run, but a weeks-long daemon must not accumulate the
+    cycles its other threads leave: the loop collects them itself every GC_EVERY_S."""
+    import gc
+    import weakref
+
+    from policyrt.controllers import realtime_loop
+
+    monkeypatch.setattr(realtime_loop, "GC_EVERY_S", 0.05)
+
+    class Node:
+        pass
+
+    h = harness()
+    h.robot.accept()
+    h.robot.act_answering(h.robot.obs([0.1, 0, 0, 0], flags=ObsFlag.RESET))  # the loop runs, gc disabled
+    assert not gc.isenabled()
+    cycle = Node()
+    cycle.me = cycle  # freed only by a collection
+    alive = weakref.ref(cycle)
+    del cycle
+    deadline = time.monotonic() + PATIENCE_S
+    while alive() is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert alive() is None
+    h.stop()
