@@ -43,7 +43,8 @@ def run_one(
     ep = f"ipc://{tmp}/robot.sock"
     sim_json, run_json = tmp / "sim.json", tmp / "run.json"
     py = [sys.executable, "-m", "policyrt.cli"]
-    sim_cmd = [*py, "sim", "serve", "--env", "InvertedPendulum-v5", "--bind", ep, "--mode", "realtime"]
+    env_id = json.loads((Path(bundle) / "manifest.json").read_text()).get("env_id") or "InvertedPendulum-v5"
+    sim_cmd = [*py, "sim", "serve", "--env", env_id, "--bind", ep, "--mode", "realtime"]
     sim_cmd += ["--rate", str(rate), "--connect-timeout", "120", "--controller-timeout", "30"]
     sim_cmd += ["--results", str(sim_json)]
     if sim_cpu is not None:
