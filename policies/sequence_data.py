@@ -18,7 +18,8 @@ def episode_arrays(dataset, labels: str = "applied") -> list[dict[str, np.ndarra
       (1-w) g expert + w mid-range. The same conditioning as `applied` without the noise, so it
       trains in fewer steps.
     - `expert`: the expert's clean action everywhere (behaviour cloning; the return token then
-      barely matters)."""
+      barely matters).
+    - `auto`: behaviour where the dataset records its collection levels, else applied."""
     if labels == "auto":
         labels = "behaviour" if {"random_mix", "expert_gain"} & set(dataset.meta) else "applied"
     if labels not in LABELS:
