@@ -7,6 +7,41 @@ import numpy as np
 LABELS = ("applied", "expert", "behaviour")
 
 
+def dataset_for_training(args, command: str | None):
+    """What both trainers derive from the dataset the same way -> (dataset, config fields, meta):
+    the config fields it fixes (dims, action bounds, observation normalization, return scale, the
+    default commanded return: --target-return or the dataset's best) and the checkpoint's
+    provenance (collect -> train: the commands that reproduce the weights, in order)."""
+    from policyrt.sim.dataset import load_dataset
+
+    dataset = load_dataset(args.data)
+    all_obs = np.concatenate([e.observations for e in dataset.episodes])
+    low, high = dataset.meta.get("action_low"), dataset.meta.get("action_high")
+    if low is None or high is None:
+        raise ValueError(f"{args.data}/dataset.json: action_low/action_high missing; recollect the dataset")
+    fields = {
+        "obs_dim": dataset.obs_dim,
+        "act_dim": dataset.act_dim,
+        "action_low": tuple(low),
+        "action_high": tuple(high),
+        "obs_mean": tuple(float(v) for v in all_obs.mean(0)),
+        "obs_std": tuple(float(v) for v in np.maximum(all_obs.std(0), 1e-3)),
+        "return_scale": args.return_scale,
+        "target_return": float(dataset.returns().max()) if args.target_return is None else args.target_return,
+    }
+    meta = {
+        "trained_with": {k: str(v) for k, v in vars(args).items()},
+        "dataset": dataset.meta,
+        "commands": [c for c in (dataset.meta.get("command"), command) if c],
+    }
+    return dataset, fields, meta
+
+
+def half_range(fields: dict) -> np.ndarray:
+    """Half the action range per dimension: the unit of both trainers' loss."""
+    return ((np.array(fields["action_high"]) - np.array(fields["action_low"])) / 2).astype(np.float32)
+
+
 def episode_arrays(dataset, labels: str = "applied") -> list[dict[str, np.ndarray]]:
     """Per episode, aligned on t: obs, the applied action, the previous applied action and reward,
     the return-to-go before t (the episode's own return: return-conditioned), the timestep, and the

@@ -64,35 +64,22 @@ class TrainDTArgs:
 def train(args: TrainDTArgs, progress: bool = True, command: str | None = None) -> Path:
     import torch
 
-    from policyrt.sim.dataset import load_dataset
-
     from .dt_config import DTPolicyConfig
     from .dt_policy import DTPolicy
-    from .sequence_data import episode_arrays, sample_windows
+    from .sequence_data import dataset_for_training, episode_arrays, half_range, sample_windows
     from .training_loop import run_training
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
-    dataset = load_dataset(args.data)
-    all_obs = np.concatenate([e.observations for e in dataset.episodes])
-    low, high = dataset.meta.get("action_low"), dataset.meta.get("action_high")
-    if low is None or high is None:
-        raise ValueError(f"{args.data}/dataset.json: action_low/action_high missing; recollect the dataset")
+    dataset, fields, meta = dataset_for_training(args, command)
     config = DTPolicyConfig(
-        obs_dim=dataset.obs_dim,
-        act_dim=dataset.act_dim,
-        action_low=tuple(low),
-        action_high=tuple(high),
-        obs_mean=tuple(float(v) for v in all_obs.mean(0)),
-        obs_std=tuple(float(v) for v in np.maximum(all_obs.std(0), 1e-3)),
+        **fields,
         hidden_size=args.hidden_size,
         n_layer=args.n_layer,
         n_head=args.n_head,
         max_ep_len=args.max_ep_len,
         context=args.context,
-        return_scale=args.return_scale,
-        target_return=float(dataset.returns().max()) if args.target_return is None else args.target_return,
     )
     policy = DTPolicy(config)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -101,12 +88,7 @@ def train(args: TrainDTArgs, progress: bool = True, command: str | None = None) 
         lambda s: min(1.0, (s + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(s, args.steps) / args.steps))),
     )
     episodes = episode_arrays(dataset, args.labels)
-    half_range = torch.tensor((np.array(high) - np.array(low)) / 2, dtype=torch.float32)
-    meta = {
-        "trained_with": {k: str(v) for k, v in vars(args).items()},
-        "dataset": dataset.meta,
-        "commands": [c for c in (dataset.meta.get("command"), command) if c],
-    }
+    scale = torch.from_numpy(half_range(fields))
 
     def loss_fn():  # one batch of windows -> masked MSE in action half-range units
         batch, mask = sample_windows(episodes, rng, args.batch_size, args.context, FIELDS, left_pad=True)
@@ -115,7 +97,7 @@ def train(args: TrainDTArgs, progress: bool = True, command: str | None = None) 
         timesteps = torch.from_numpy(np.minimum(batch["timestep"], args.max_ep_len - 1))
         mask_t = torch.from_numpy(mask)
         pred = policy(obs, torch.from_numpy(batch["action"]), rtg, timesteps, mask_t)
-        err = ((pred - torch.from_numpy(batch["label"])) / half_range) ** 2
+        err = ((pred - torch.from_numpy(batch["label"])) / scale) ** 2
         loss = (err * mask_t.unsqueeze(-1)).sum() / (mask_t.sum() * err.shape[-1])
         return loss
 

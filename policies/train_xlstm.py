@@ -64,9 +64,7 @@ class TrainXLSTMArgs:
 def train(args: TrainXLSTMArgs, progress: bool = True, command: str | None = None) -> Path:
     import torch
 
-    from policyrt.sim.dataset import load_dataset
-
-    from .sequence_data import episode_arrays, sample_windows
+    from .sequence_data import dataset_for_training, episode_arrays, half_range, sample_windows
     from .training_loop import run_training
     from .xlstm_config import XLSTMPolicyConfig
     from .xlstm_policy import XLSTMPolicy
@@ -74,25 +72,13 @@ def train(args: TrainXLSTMArgs, progress: bool = True, command: str | None = Non
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
-    dataset = load_dataset(args.data)
-    all_obs = np.concatenate([e.observations for e in dataset.episodes])
-    low = dataset.meta.get("action_low")
-    high = dataset.meta.get("action_high")
-    if low is None or high is None:
-        raise ValueError(f"{args.data}/dataset.json: action_low/action_high missing; recollect the dataset")
+    dataset, fields, meta = dataset_for_training(args, command)
     config = XLSTMPolicyConfig(
-        obs_dim=dataset.obs_dim,
-        act_dim=dataset.act_dim,
-        action_low=tuple(low),
-        action_high=tuple(high),
-        obs_mean=tuple(float(v) for v in all_obs.mean(0)),
-        obs_std=tuple(float(v) for v in np.maximum(all_obs.std(0), 1e-3)),
+        **fields,
         embedding_dim=args.embedding_dim,
         num_blocks=args.num_blocks,
         num_heads=args.num_heads,
         context_length=args.window,
-        return_scale=args.return_scale,
-        target_return=float(dataset.returns().max()) if args.target_return is None else args.target_return,
     )
     policy = XLSTMPolicy(config)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -100,18 +86,12 @@ def train(args: TrainXLSTMArgs, progress: bool = True, command: str | None = Non
         optimizer, lambda s: 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(s, args.steps) / args.steps))
     )
     episodes = episode_arrays(dataset, args.labels)
-    half_range = torch.tensor((np.array(high) - np.array(low)) / 2, dtype=torch.float32)
-    meta = {
-        "trained_with": {k: str(v) for k, v in vars(args).items()},
-        "dataset": dataset.meta,
-        # collect -> train: the commands that reproduce these weights, in order.
-        "commands": [c for c in (dataset.meta.get("command"), command) if c],
-    }
+    scale = torch.from_numpy(half_range(fields))
 
     def loss_fn():  # one batch of windows -> masked MSE in action half-range units
         batch, mask = sample_windows(episodes, rng, args.batch_size, args.window, FIELDS)
         pred = policy(*(torch.from_numpy(batch[f]) for f in FIELDS[:4]))
-        err = ((pred - torch.from_numpy(batch["label"])) / half_range) ** 2
+        err = ((pred - torch.from_numpy(batch["label"])) / scale) ** 2
         mask_t = torch.from_numpy(mask).unsqueeze(-1)
         loss = (err * mask_t).sum() / (mask_t.sum() * err.shape[-1])
         return loss
