@@ -20,8 +20,8 @@ import logging
 
 import numpy as np
 
-from policyrt.controllers.timing import now_ns
 from policyrt.protocol import ActFlag, Encoder, MsgType, ProtocolError, SlotFlag
+from policyrt.timing import now_ns
 
 from .loop import EpisodeSummary, _Lockstep
 

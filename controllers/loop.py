@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import zmq
 
-from policyrt.controllers.timing import StageTimes, now_ns
 from policyrt.link import Link
 from policyrt.protocol import ActFlag, Encoder, ErrorTally, MsgType, ObsFlag, ProtocolError, Spec
+from policyrt.timing import StageTimes, now_ns
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +336,7 @@ class _Lockstep:
 
 def format_summary(result: LockstepResult) -> str:
     """Human-readable end-of-run report: why it stopped, episodes, errors, stage latencies."""
-    from policyrt.controllers.timing import format_table
+    from policyrt.timing import format_table
 
     lines = [
         f"stopped: {result.stop_reason} ({result.detail}); {result.ticks} ticks, {result.fallbacks} fallbacks"

@@ -1,6 +1,6 @@
 """The real-time controller: a fixed-rate loop that never waits for a robot.
 
-Each tick, at its absolute deadline (controllers/scheduler.py):
+Each tick, at its absolute deadline (policyrt/scheduler.py):
 
 1. **receive** -- drain every robot's links without blocking (controllers/robot_port.py): the
    newest observation wins, older ones are dropped; control frames (SPEC, ESTOP, CLEAR, BYE) are
@@ -39,9 +39,9 @@ import zmq
 from policyrt.controllers import rt_settings
 from policyrt.controllers.robot_port import RobotPort
 from policyrt.controllers.safety import DEADLINE, ESTOP, STALE, SafetyChain
-from policyrt.controllers.scheduler import TickScheduler
-from policyrt.controllers.timing import StageTimes
 from policyrt.protocol import ErrorTally
+from policyrt.scheduler import TickScheduler
+from policyrt.timing import StageTimes
 
 log = logging.getLogger(__name__)
 
@@ -472,7 +472,7 @@ def _bound(manifest, name: str, default: float, dim: int) -> np.ndarray:
 
 def format_result(result: RealtimeResult) -> str:
     """End-of-run report: why it stopped, deadline misses, fallbacks, rejected frames, latencies."""
-    from policyrt.controllers.timing import format_table
+    from policyrt.timing import format_table
 
     c = result.counters
     ticks = max(1, result.ticks)

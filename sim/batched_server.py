@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policyrt.controllers.timing import now_ns
 from policyrt.link import Link
 from policyrt.protocol import Encoder, Message, MsgType, SlotFlag, Spec
+from policyrt.timing import now_ns
 
 from .server import _ESTOP, EpisodeStats, _LockstepServer, episode_seed
 

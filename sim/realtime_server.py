@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from policyrt.controllers.scheduler import TickScheduler
-from policyrt.controllers.timing import StageTimes
 from policyrt.protocol import ActFlag, Encoder, ErrorTally, MsgType, ObsFlag, ProtocolError
+from policyrt.scheduler import TickScheduler
 from policyrt.stream import open_session_link, open_stream_link
+from policyrt.timing import StageTimes
 
 from .server import EpisodeStats, make_env, spec_for_env
 
@@ -398,7 +398,7 @@ class _RealtimeServer:
 
 
 def format_realtime_result(result: RealtimeServeResult) -> str:
-    from policyrt.controllers.timing import format_table
+    from policyrt.timing import format_table
 
     lines = [
         f"{result.env_id} (real-time, {result.rate_hz:g} Hz): stopped: {result.stop_reason} ({result.detail}); "

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from policyrt.controllers.timing import StageTimes, now_ns
 from policyrt.link import Link
 from policyrt.protocol import (
     MAX_FRAME_BYTES,
@@ -38,6 +37,7 @@ from policyrt.protocol import (
     Spec,
     batch_frame_bytes,
 )
+from policyrt.timing import StageTimes, now_ns
 
 log = logging.getLogger(__name__)
 
@@ -414,7 +414,7 @@ class _LockstepServer:
 
 
 def format_result(result: ServeResult) -> str:
-    from policyrt.controllers.timing import format_table
+    from policyrt.timing import format_table
 
     envs = f" x {result.num_envs} environments" if result.num_envs > 1 else ""
     lines = [f"{result.env_id}{envs}: stopped: {result.stop_reason} ({result.detail}); {result.steps} steps"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from policyrt.controllers.scheduler import TickScheduler
+from policyrt.scheduler import TickScheduler
 
 
 class FakeClock:
