@@ -14,27 +14,25 @@ Rows go into per-slot buffers allocated once (`max_steps` rows); finished episod
 copies and the dataset is written at `close()`:
 
 - `npz` (default; numpy only, so it runs on the board): `DIR/episodes.npz` + `DIR/dataset.json`,
-  the layout of `policyrt sim collect --format npz` (sim/dataset.py), which `policyrt train
-  --data DIR` reads;
-- `minari`: the same episodes through `policyrt.sim.dataset` into a Minari dataset (needs the sim
-  extra and `minari`; for a workstation, not a board).
+  the layout of `policyrt sim collect --format npz`, which `policyrt train --data DIR` reads;
+- `minari`: the same episodes as a Minari dataset (needs the sim extra and `minari`; for a
+  workstation, not a board).
+Both are written by policyrt/episodes.py, the one definition of the dataset.
 
 Board-side module (for the npz format): standard library and numpy only, Python 3.10.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from policyrt.episodes import FORMATS, Dataset, Episode
 
-FIELDS = ("observations", "actions", "expert_actions", "rewards", "terminations", "truncations")
-FORMATS = ("npz", "minari")
+log = logging.getLogger(__name__)
 
 
 class EpisodeRecorder:
@@ -42,7 +40,7 @@ class EpisodeRecorder:
         if fmt not in FORMATS:
             raise ValueError(f"unknown dataset format {fmt!r}; use one of {', '.join(FORMATS)}")
         self.out_dir, self.fmt, self.max_steps, self.command = Path(out_dir), fmt, max_steps, command
-        self.episodes: list[dict] = []  # finished episodes: FIELDS + final_observation + slot
+        self.episodes: list[Episode] = []  # finished episodes
         self._controller = None
 
     def bind(self, controller) -> None:
@@ -85,18 +83,17 @@ class EpisodeRecorder:
         trunc = np.zeros(n, bool)
         term[-1], trunc[-1] = terminated, truncated or not terminated
         self.episodes.append(
-            {
-                "observations": self.obs[i, :n].copy(),
-                "actions": self.act[i, :n].copy(),
-                "expert_actions": self.raw[i, :n].copy(),
-                "rewards": rewards,
-                "terminations": term,
-                "truncations": trunc,
-                "final_observation": (
-                    self.obs[i, n - 1] if final_obs is None else np.asarray(final_obs)
+            Episode(
+                observations=self.obs[i, :n].copy(),
+                actions=self.act[i, :n].copy(),
+                expert_actions=self.raw[i, :n].copy(),
+                rewards=rewards,
+                terminations=term,
+                truncations=trunc,
+                final_observation=(
+                    self.obs[i, n - 1] if final_obs is None else np.asarray(final_obs, np.float32)
                 ).copy(),
-                "slot": i,
-            }
+            )
         )
 
     def close(self) -> Path | None:
@@ -126,30 +123,8 @@ class EpisodeRecorder:
             "episodes": len(self.episodes),
             "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        if self.fmt == "minari":
-            self._write_minari(meta)
-        else:
-            arrays = {f: np.concatenate([e[f] for e in self.episodes]) for f in FIELDS}
-            lengths = [len(e["rewards"]) for e in self.episodes]
-            arrays["episode_starts"] = np.cumsum([0, *lengths[:-1]]).astype(np.int64)
-            with open(self.out_dir / "episodes.npz", "wb") as f:
-                np.savez_compressed(f, **arrays)
-            (self.out_dir / "dataset.json").write_text(json.dumps({**meta, "format": "npz"}, indent=2) + "\n")
+        Dataset(episodes=self.episodes, meta=meta).save(self.out_dir, fmt=self.fmt)
         log.info(
             "episode recorder: wrote %d episode(s) to %s (%s)", len(self.episodes), self.out_dir, self.fmt
         )
         return self.out_dir
-
-    def _write_minari(self, meta: dict) -> None:
-        try:
-            from policyrt.sim.dataset import Dataset, Episode
-        except ImportError as exc:  # pragma: no cover - the sim extra is missing
-            raise RuntimeError(
-                f"the minari format needs the sim extra ({exc}); record with format npz"
-            ) from None
-        episodes = [
-            Episode(**{f: e[f] for f in FIELDS}, final_observation=e["final_observation"])
-            for e in self.episodes
-        ]
-        Dataset(episodes=episodes, meta=meta).save(self.out_dir, fmt="minari")

@@ -12,7 +12,7 @@ def dataset_for_training(args, command: str | None):
     the config fields it fixes (dims, action bounds, observation normalization, return scale, the
     default commanded return: --target-return or the dataset's best) and the checkpoint's
     provenance (collect -> train: the commands that reproduce the weights, in order)."""
-    from policyrt.sim.dataset import load_dataset
+    from policyrt.episodes import load_dataset
 
     dataset = load_dataset(args.data)
     all_obs = np.concatenate([e.observations for e in dataset.episodes])

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import Dataset, Episode
+from policyrt.episodes import Dataset, Episode
+
 from .experts import make_expert
 
 

@@ -288,7 +288,7 @@ def test_estop_bit_constant_matches_the_protocol():
 
 def test_episodes_are_recorded_as_a_dataset_training_can_read(harness, tmp_path):
     from policyrt.controllers.episode_recorder import EpisodeRecorder
-    from policyrt.sim.dataset import load_dataset
+    from policyrt.episodes import load_dataset
 
     recorder = EpisodeRecorder(tmp_path / "data")
     h = Harness(linear_session(), episodes=recorder)

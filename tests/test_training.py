@@ -21,7 +21,7 @@ def small_dataset(tmp_path_factory):
 
 
 def test_collect_writes_a_loadable_dataset(small_dataset):
-    from policyrt.sim.dataset import load_dataset
+    from policyrt.episodes import load_dataset
 
     dataset = load_dataset(small_dataset)
     assert len(dataset.episodes) == 2 and dataset.obs_dim == 4 and dataset.act_dim == 1
@@ -59,7 +59,7 @@ def test_training_is_deterministic_per_seed_and_records_commands(small_dataset, 
 
 
 def test_dataset_with_a_missing_field_is_named(small_dataset, tmp_path):
-    from policyrt.sim.dataset import load_dataset
+    from policyrt.episodes import load_dataset
 
     load_dataset(small_dataset).save(tmp_path / "npz", fmt="npz")
     with np.load(tmp_path / "npz" / "episodes.npz") as npz:
@@ -72,7 +72,7 @@ def test_dataset_with_a_missing_field_is_named(small_dataset, tmp_path):
 def test_collect_writes_a_minari_dataset_that_minari_reads(small_dataset, monkeypatch):
     import minari
 
-    from policyrt.sim.dataset import load_dataset
+    from policyrt.episodes import load_dataset
 
     meta = json.loads((small_dataset / "dataset.json").read_text())
     assert meta["format"] == "minari"
@@ -86,7 +86,7 @@ def test_collect_writes_a_minari_dataset_that_minari_reads(small_dataset, monkey
 
 
 def test_npz_and_minari_hold_the_same_episodes(small_dataset, tmp_path):
-    from policyrt.sim.dataset import FIELDS, load_dataset
+    from policyrt.episodes import FIELDS, load_dataset
 
     minari_ds = load_dataset(small_dataset)
     minari_ds.save(tmp_path / "npz", fmt="npz")
@@ -97,7 +97,7 @@ def test_npz_and_minari_hold_the_same_episodes(small_dataset, tmp_path):
 
 
 def test_inconsistent_rows_are_named(tmp_path):
-    from policyrt.sim.dataset import Dataset, Episode, load_dataset
+    from policyrt.episodes import Dataset, Episode, load_dataset
 
     ep = Episode(observations=np.zeros((3, 4), np.float32), actions=np.zeros((3, 1), np.float32),
                  expert_actions=np.zeros((2, 1), np.float32), rewards=np.ones(3, np.float32),
@@ -152,7 +152,7 @@ def test_unknown_expert_lists_what_is_supported():
 
 
 def test_collect_to_a_relative_directory(tmp_path, monkeypatch):
-    from policyrt.sim.dataset import load_dataset
+    from policyrt.episodes import load_dataset
 
     monkeypatch.chdir(tmp_path)
     assert main(["sim", "collect", "--episodes", "1", "--out", "data/rel"]) == 0
@@ -160,7 +160,7 @@ def test_collect_to_a_relative_directory(tmp_path, monkeypatch):
 
 
 def test_collect_again_replaces_the_dataset(tmp_path):
-    from policyrt.sim.dataset import load_dataset
+    from policyrt.episodes import load_dataset
 
     out = tmp_path / "again"
     assert main(["sim", "collect", "--episodes", "1", "--out", str(out)]) == 0
@@ -172,8 +172,8 @@ def test_collect_again_replaces_the_dataset(tmp_path):
 def test_random_mix_makes_weaker_episodes_and_labels_follow_the_choice(tmp_path):
     """--random-mix 0,1: the second episode applies uniformly random actions, so it falls early, and
     its stored action differs from the expert's clean one; each label choice gives what it says."""
+    from policyrt.episodes import load_dataset
     from policyrt.policies.sequence_data import episode_arrays
-    from policyrt.sim.dataset import load_dataset
 
     out = tmp_path / "mix"
     assert main(["sim", "collect", "--env", "InvertedPendulum-v5", "--episodes", "2", "--random-mix", "0,1",
@@ -202,8 +202,8 @@ def test_random_mix_outside_zero_one_is_refused(tmp_path, capsys):
 
 
 def test_expert_gain_levels_give_weaker_controllers_and_behaviour_labels_scale_with_them(tmp_path):
+    from policyrt.episodes import load_dataset
     from policyrt.policies.sequence_data import episode_arrays
-    from policyrt.sim.dataset import load_dataset
 
     out = tmp_path / "gain"
     assert main(["sim", "collect", "--env", "InvertedPendulum-v5", "--episodes", "2", "--expert-gain", "1,0",
