@@ -25,7 +25,10 @@ from typing import NamedTuple
 import numpy as np
 
 MAGIC = b"PLRT"
-VERSION = 1
+# 2: one terminal-observation rule for every number of environments (docs/PROTOCOL.md, section 9):
+# a terminal OBS is answered like any other, as OBS_BATCH rows always were. Version 1 peers left a
+# terminal OBS unanswered, so the two cannot share a session: each refuses the other's frames.
+VERSION = 2
 
 # magic, version, type, flags, seq, ack, timestamp_ns, episode, step, payload_len, reserved
 HEADER = struct.Struct("<4sBBHIIQIIII")
@@ -56,8 +59,9 @@ class MsgType(enum.IntEnum):
 
 class ObsFlag(enum.IntFlag):
     RESET = 1  # first observation of a new episode; its reward is 0
-    TERMINATED = 2  # the episode ended in a terminal state; this OBS is not answered
-    TRUNCATED = 4  # the episode was cut off (time limit); this OBS is not answered
+    # A terminal OBS is answered like any other; the robot ignores that ACT's action and resets.
+    TERMINATED = 2  # the episode ended in a terminal state
+    TRUNCATED = 4  # the episode was cut off (time limit)
 
 
 class ActFlag(enum.IntFlag):
@@ -112,6 +116,15 @@ ERROR_KINDS = (
     "unexpected",  # a valid message the receiver cannot use in its current state
     "stale",  # an ACT answering an OBS other than the one outstanding
 )
+
+
+def version_mismatch(version: int) -> str:
+    """The one-line refusal of a peer speaking another protocol version."""
+    older = "the peer" if version < VERSION else "this side"
+    return (
+        f"peer speaks protocol version {version}, this side speaks {VERSION}: upgrade {older} "
+        "(versions never mix; docs/PROTOCOL.md, section 9)"
+    )
 
 
 class ProtocolError(Exception):
@@ -201,7 +214,7 @@ def decode(
     if magic != MAGIC:
         raise ProtocolError("magic", f"magic {bytes(magic)!r}, expected {MAGIC!r}")
     if version != VERSION:
-        raise ProtocolError("version", f"version {version}, this side speaks {VERSION}")
+        raise ProtocolError("version", version_mismatch(version))
     mtype = _TYPE_BY_CODE.get(code)
     if mtype is None:
         raise ProtocolError("type", f"unknown message type {code}")

@@ -169,6 +169,17 @@ def test_wrong_version():
     assert kind_of(frame(MsgType.HELLO, version=VERSION + 1)) == "version"
 
 
+def test_a_version_1_peer_is_refused_with_a_one_line_message_naming_both_versions():
+    """Version 2 changed the terminal-observation rule: a version-1 HELLO (or SPEC, OBS, ...) is
+    refused, never half-understood."""
+    assert VERSION == 2
+    with pytest.raises(ProtocolError) as exc:
+        decode(frame(MsgType.HELLO, version=1))
+    assert exc.value.kind == "version"
+    assert "peer speaks protocol version 1, this side speaks 2: upgrade the peer" in exc.value.detail
+    assert "\n" not in str(exc.value)
+
+
 @pytest.mark.parametrize("code", [0, 11, 255])  # 9 and 10 are the batched extension's
 def test_unknown_type(code):
     assert kind_of(frame(code)) == "type"

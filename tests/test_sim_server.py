@@ -19,7 +19,7 @@ from wire_helpers import (
     wait_for_line,
 )
 
-from policyrt.protocol import HEADER, MAGIC, ActFlag, Encoder, MsgType, ObsFlag
+from policyrt.protocol import HEADER, MAGIC, VERSION, ActFlag, Encoder, MsgType, ObsFlag
 from policyrt.sim.server import serve, spec_for_env
 
 gymnasium = pytest.importorskip("gymnasium")
@@ -104,9 +104,9 @@ def test_malformed_acts_are_counted_logged_once_per_kind_and_the_episode_goes_on
         obs = ctl.recv()
         bad = [
             b"\x01\x02",  # truncated
-            header(b"XXXX", 1, 4, 0, 1, obs.seq, 0, 0, 0, 4, 0) + b"\0" * 4,  # magic
-            header(MAGIC, 9, 4, 0, 1, obs.seq, 0, 0, 0, 4, 0) + b"\0" * 4,  # version
-            header(MAGIC, 1, 42, 0, 1, obs.seq, 0, 0, 0, 0, 0),  # type
+            header(b"XXXX", VERSION, 4, 0, 1, obs.seq, 0, 0, 0, 4, 0) + b"\0" * 4,  # magic
+            header(MAGIC, 1, 4, 0, 1, obs.seq, 0, 0, 0, 4, 0) + b"\0" * 4,  # version: a version-1 peer
+            header(MAGIC, VERSION, 42, 0, 1, obs.seq, 0, 0, 0, 0, 0),  # type
             bytes(Encoder(act_dim=2).act([0.0, 0.0], ack=obs.seq)),  # dims
             bytes(Encoder(act_dim=2).act([0.0, 0.0], ack=obs.seq)),  # dims again: counted, not logged
             bytes(Encoder(act_dim=1).act([np.nan], ack=obs.seq)),  # nonfinite
