@@ -187,6 +187,8 @@ class BatchedLockstepServer(_LockstepServer):
         self.episodes.append(
             EpisodeStats(run.index, run.ep_return, run.length, terminated, truncated, slot, run.seed)
         )
+        if self.on_episode is not None:
+            self.on_episode(self.episodes[-1])
         log.info(
             "episode %d (slot %d): return %.2f over %d steps", run.index, slot, run.ep_return, run.length
         )

@@ -127,13 +127,17 @@ def check_bundle(cand: Candidate, env_id: str, dims: tuple[int, int]) -> None:
 def run_candidate(cfg: EvalConfig, cand: Candidate, progress: Progress | None = None) -> dict:
     """Evaluate one candidate in a server + controller process pair; returns its report entry
     (with `_stage_ns`, the raw stage durations for plots, which the JSON report leaves out)."""
-    from policyrt.commands._procs import closed_loop
+    from .processes import closed_loop
 
-    def on_episode(done: int) -> None:
+    events: list[dict] = []  # the server's episode events, as the episodes ended
+
+    def on_episode(event: dict) -> None:
+        events.append(event)
         if progress is not None:
-            progress(cand.label, done, cfg.episodes)
+            progress(cand.label, len(events), cfg.episodes)
 
-    on_episode(0)
+    if progress is not None:
+        progress(cand.label, 0, cfg.episodes)
     with tempfile.TemporaryDirectory(prefix="policyrt-eval-") as tmp:
         started = time.monotonic()
         server, controller = closed_loop(
@@ -145,7 +149,7 @@ def run_candidate(cfg: EvalConfig, cand: Candidate, progress: Progress | None = 
         wall_s = time.monotonic() - started
         stage_ns = {"controller": _load_stage_times(Path(tmp) / "controller_times.npz"),
                     "robot": _load_stage_times(Path(tmp) / "server_times.npz")}
-    episodes = account_episodes(cfg, server, controller)
+    episodes = account_episodes(cfg, events, server, controller)
     returns = np.array([e["return"] for e in episodes])
     lengths = np.array([e["length"] for e in episodes])
     return {
@@ -169,11 +173,15 @@ def run_candidate(cfg: EvalConfig, cand: Candidate, progress: Progress | None = 
     }
 
 
-def account_episodes(cfg: EvalConfig, server: dict, controller: dict) -> list[dict]:
-    """Every episode exactly once, in index order, seen the same way by both processes."""
-    seen = sorted(e["index"] for e in server["episodes"])
+def account_episodes(cfg: EvalConfig, events: list[dict], server: dict, controller: dict) -> list[dict]:
+    """Every episode exactly once, in index order, seen the same way by both processes: the server's
+    episode events (sim/episode_events.py) as the episodes ended, its results at the end, and the
+    controller's results."""
+    seen = sorted(e["index"] for e in events)
     if seen != list(range(cfg.episodes)):
-        raise RuntimeError(f"episode accounting: the server completed episodes {seen}, expected 0..{cfg.episodes - 1}")
+        raise RuntimeError(f"episode accounting: the server's events name episodes {seen}, expected 0..{cfg.episodes - 1}")
+    if [{k: v for k, v in e.items() if k != "event"} for e in events] != server["episodes"]:
+        raise RuntimeError("episode accounting: the server's episode events differ from its results")
     if server["aborted_episodes"]:
         raise RuntimeError(f"episode accounting: {server['aborted_episodes']} episode(s) were aborted")
     by_index = {e["index"]: e for e in controller["episodes"]}
@@ -184,7 +192,7 @@ def account_episodes(cfg: EvalConfig, server: dict, controller: dict) -> list[di
         )
     seeds = cfg.seeds()
     rows = []
-    for e in sorted(server["episodes"], key=lambda e: e["index"]):
+    for e in sorted(events, key=lambda e: e["index"]):
         mine = by_index[e["index"]]
         # The controller sums the float32 rewards it received; the server the float64 ones.
         if mine["length"] != e["length"] or not math.isclose(

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -105,6 +106,7 @@ def serve_realtime(
     spin_us: float = 200.0,
     context: zmq.Context | None = None,
     curve=None,
+    on_episode: Callable[[EpisodeStats], None] | None = None,
 ) -> RealtimeServeResult:
     """Serve `env_id` in real time on `bind` (session link) and its stream endpoint.
 
@@ -113,12 +115,14 @@ def serve_realtime(
     5 control periods, at least 20 ms). Stops after `episodes` completed episodes, after
     `duration_s` of session time, on the controller's BYE, when no controller is connected for
     `controller_timeout_s`, or when none said HELLO within `connect_timeout_s` (None: wait).
+    on_episode(stats): called as each episode ends.
     """
     env = make_env(env_id, **(env_kwargs or {}))
     try:
         dt = set_rate(env, rate_hz) if rate_hz else float(env.unwrapped.dt)
         spec = spec_for_env(env_id, env)
         server = _RealtimeServer(env, spec, dt, seed, act_timeout_s, spin_us)
+        server.on_episode = on_episode
         with (
             open_session_link(bind, bind=True, context=context, curve=curve) as session,
             open_stream_link(bind, bind=True, context=context, curve=curve) as stream,
@@ -170,6 +174,7 @@ class _RealtimeServer:
         low, high = spec.bounds()
         self.safe_action = np.clip(np.zeros(spec.act_dim), low, high).reshape(self.action.shape)
         self.episodes: list[EpisodeStats] = []
+        self.on_episode: Callable[[EpisodeStats], None] | None = None  # called as each episode ends
         self.aborted = self.steps = self.acts = self.held = 0
         self.safe_steps = self.safe_events = self.estops = self.estop_steps = self.sessions = 0
         self.lags = np.zeros(1 << 17, np.int64)
@@ -365,6 +370,8 @@ class _RealtimeServer:
             self.episodes.append(
                 EpisodeStats(self.episode, self.ep_return, self.ep_len, bool(terminated), bool(truncated))
             )
+            if self.on_episode is not None:
+                self.on_episode(self.episodes[-1])
             log.info("episode %d: return %.2f over %d steps", self.episode, self.ep_return, self.ep_len)
             self.ep_len = 0
             self.need_reset = True

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -157,6 +158,7 @@ def serve(
     stage_times_path: str | Path | None = None,
     curve=None,
     env_threads: int | None = None,
+    on_episode: Callable[[EpisodeStats], None] | None = None,
 ) -> ServeResult:
     """Serve `env_id` on `bind` to one controller session and return what happened.
 
@@ -169,7 +171,8 @@ def serve(
     frames. stage_times_path: write the raw per-tick stage durations (.npz, ns) there. curve: a
     CURVE server setup (policyrt.controllers.auth.load_server) for the bound socket, or None.
     env_threads: threads stepping the environments of a batched server (None: 2 from 4
-    environments up on a machine with 2+ cores, else 1).
+    environments up on a machine with 2+ cores, else 1). on_episode(stats): called as each
+    episode ends (`policyrt sim serve --events` writes them out).
     """
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not supported yet; available: {', '.join(MODES)}")
@@ -188,6 +191,7 @@ def serve(
                 if env_threads is None:
                     env_threads = 2 if num_envs >= 4 and (os.cpu_count() or 1) >= 2 else 1
                 server = BatchedLockstepServer(envs, spec, link, seed, spin_us, env_threads)
+            server.on_episode = on_episode
             try:
                 stop, detail = server.run(episodes, controller_timeout_s, connect_timeout_s)
             finally:
@@ -243,6 +247,7 @@ class _LockstepServer:
         # The sim's safe action under an e-stop: zero, or the bound nearest to it.
         self.safe_action = np.clip(np.zeros(spec.act_dim), low, high).reshape(self.action.shape)
         self.episodes: list[EpisodeStats] = []
+        self.on_episode: Callable[[EpisodeStats], None] | None = None  # called as each episode ends
         self.aborted = self.steps = self.estops = 0
         self.episode = 0  # index of the running episode
         self.ep_return, self.ep_len = 0.0, 0
@@ -396,6 +401,8 @@ class _LockstepServer:
                 self.episode, self.ep_return, self.ep_len, bool(terminated), bool(truncated), 0, self.ep_seed
             )
         )
+        if self.on_episode is not None:
+            self.on_episode(self.episodes[-1])
         log.info("episode %d: return %.2f over %d steps", self.episode, self.ep_return, self.ep_len)
         self.episode += 1
         self.ep_len = 0

@@ -306,7 +306,7 @@ def test_the_batched_loop_and_the_eval_command_stay_board_side_clean():
     import subprocess
     import sys
 
-    code = ("import sys, policyrt.controllers.batched_loop, policyrt.commands.eval, policyrt.commands._procs; "
+    code = ("import sys, policyrt.controllers.batched_loop, policyrt.commands.eval, policyrt.sim.processes; "
             "bad = [m for m in ('torch', 'mujoco', 'gymnasium') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -66,6 +66,19 @@ def test_every_episode_is_played_once_spread_over_slots_that_end_at_different_ti
     assert run["errors"] == {"controller": {}, "robot": {}} and run["fallbacks"] == 0
 
 
+def test_the_harness_gets_each_episode_as_an_event_from_the_server_process(falling_bundle):
+    """`policyrt sim serve --events`: one line per finished episode, handed to on_episode in the order
+    the episodes ended, every one before closed_loop returns; the same episodes as the results."""
+    from policyrt.sim.processes import closed_loop
+
+    events = []
+    server, controller = closed_loop(str(falling_bundle), PENDULUM, 4, num_envs=2, seeding="episode",
+                                     env_args=[f"max_episode_steps={MAX_STEPS}"], on_episode=events.append)
+    assert [e.pop("event") for e in events] == ["episode"] * 4
+    assert events == server["episodes"] and sorted(e["index"] for e in events) == [0, 1, 2, 3]
+    assert {e["slot"] for e in events} == {0, 1} and len(controller["episodes"]) == 4
+
+
 def test_report_files_exist_and_parse(batched_run):
     report, out, progress = batched_run
     run = report["runs"][0]

@@ -38,8 +38,7 @@ def handle(args) -> int:
     log(format_step_benchmark(report))
     if args.loop:
         from policyrt.bundle import open_bundle
-
-        from ._procs import closed_loop
+        from policyrt.sim.processes import closed_loop
 
         env_id = open_bundle(args.bundle).manifest.env_id or "InvertedPendulum-v5"
         for spin in sorted({0, args.spin_us}):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -133,6 +134,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--results", metavar="PATH", help="write episode returns/lengths and timing as JSON")
     p.add_argument(
+        "--events", metavar="PATH",
+        help="append one JSON line per finished episode to PATH as it ends (index, return, length, flags, slot, "
+        "seed), for a process following the run",
+    )
+    p.add_argument(
         "--spin-us",
         type=int,
         default=0,
@@ -175,7 +181,7 @@ def handle(args: argparse.Namespace) -> int:
     if args.rate is not None or args.duration is not None or args.act_timeout is not None:
         print("policyrt sim serve: --rate, --duration and --act-timeout need --mode realtime", file=sys.stderr)
         return 2
-    from policyrt.sim.server import format_result, serve
+    from policyrt.sim.lockstep_driver import format_result, serve
 
     try:  # serve refuses impossible layouts (P < 1, P > 1 with seeding 'first') before binding
         # AuthError is a ValueError: refused endpoints and missing keys are one line, exit 2.
@@ -196,27 +202,28 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def _serve(args, serve, curve=None):
-    return serve(
-        args.env,
-        args.bind,
-        mode=args.mode,
-        episodes=args.episodes,
-        seed=args.seed,
-        controller_timeout_s=args.controller_timeout,
-        connect_timeout_s=args.connect_timeout,
-        results_path=args.results,
-        env_kwargs=dict(args.env_arg),
-        spin_us=args.spin_us,
-        num_envs=args.num_envs,
-        seeding=args.seeding,
-        stage_times_path=args.stage_times,
-        curve=curve,
-        env_threads=args.env_threads,
-    )
+    with _episode_events(args) as on_episode:
+        return serve(
+            args.env,
+            args.bind,
+            episodes=args.episodes,
+            seed=args.seed,
+            controller_timeout_s=args.controller_timeout,
+            connect_timeout_s=args.connect_timeout,
+            results_path=args.results,
+            env_kwargs=dict(args.env_arg),
+            spin_us=args.spin_us,
+            num_envs=args.num_envs,
+            seeding=args.seeding,
+            stage_times_path=args.stage_times,
+            curve=curve,
+            env_threads=args.env_threads,
+            on_episode=on_episode,
+        )
 
 
 def _serve_realtime(args, curve=None) -> int:
-    from policyrt.sim.realtime_server import format_realtime_result, serve_realtime
+    from policyrt.sim.realtime_driver import format_realtime_result, serve_realtime
 
     if args.num_envs != 1 or args.seeding not in (None, "first") or args.stage_times:
         print(
@@ -229,23 +236,34 @@ def _serve_realtime(args, curve=None) -> int:
         print(f"policyrt sim serve: --rate must be > 0, got {args.rate}", file=sys.stderr)
         return 2
     try:
-        result = serve_realtime(
-            args.env,
-            args.bind,
-            rate_hz=args.rate,
-            episodes=args.episodes,
-            duration_s=args.duration,
-            seed=args.seed,
-            act_timeout_s=args.act_timeout,
-            controller_timeout_s=args.controller_timeout,
-            connect_timeout_s=args.connect_timeout,
-            results_path=args.results,
-            env_kwargs=dict(args.env_arg),
-            spin_us=args.spin_us or 200.0,
-            curve=curve,
-        )
+        with _episode_events(args) as on_episode:
+            result = serve_realtime(
+                args.env,
+                args.bind,
+                rate_hz=args.rate,
+                episodes=args.episodes,
+                duration_s=args.duration,
+                seed=args.seed,
+                act_timeout_s=args.act_timeout,
+                controller_timeout_s=args.controller_timeout,
+                connect_timeout_s=args.connect_timeout,
+                results_path=args.results,
+                env_kwargs=dict(args.env_arg),
+                spin_us=args.spin_us or 200.0,
+                curve=curve,
+                on_episode=on_episode,
+            )
     except ValueError as err:
         print(f"policyrt sim serve: {err}", file=sys.stderr)
         return 2
     print(format_realtime_result(result), flush=True)
     return 1 if result.stop_reason in ("controller_lost", "no_controller") else 0
+
+
+def _episode_events(args):
+    """--events PATH: the sim server's on_episode callback writing them (a no-op context without it)."""
+    if not args.events:
+        return contextlib.nullcontext()
+    from policyrt.sim.episode_events import EpisodeEventWriter
+
+    return EpisodeEventWriter(args.events)

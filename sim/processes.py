@@ -1,10 +1,15 @@
-"""Start a sim server and a controller as two real processes and collect their JSON results."""
+"""Closed-loop harness: a sim server and a controller as two real processes, their JSON results, and
+the server's episode events (sim/episode_events.py) for progress as episodes end.
+
+Used by the evaluation (sim/evaluate.py) and `policyrt bench --loop`. The server is
+`policyrt sim serve --events PATH`: each finished episode becomes one JSON line there, which a
+follower thread hands to `on_episode` while the run goes on; no log line is parsed.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -13,9 +18,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-# The server logs one line per completed episode (sim/server.py, sim/batched_server.py); counting
-# them is the progress signal, with no extra channel between the processes.
-_EPISODE_LINE = re.compile(r"policyrt\.sim\.\w+ INFO: episode \d+( \(slot \d+\))?: return ")
+from .episode_events import EpisodeEventFollower
 
 
 def policyrt_cmd(*args: str) -> list[str]:
@@ -25,19 +28,19 @@ def policyrt_cmd(*args: str) -> list[str]:
 def closed_loop(bundle: str, env_id: str, episodes: int, endpoint: str | None = None, seed: int = 0,
                 backend: str = "auto", spin_us: int = 0, timeout_s: float = 600.0, *, num_envs: int = 1,
                 seeding: str | None = None, env_args: Sequence[str] = (), stage_times_dir: Path | None = None,
-                on_episode: Callable[[int], None] | None = None,
+                on_episode: Callable[[dict], None] | None = None,
                 target_return: float | None = None, threads: int = 1,
                 env_threads: int | None = None) -> tuple[dict, dict]:
     """Run `policyrt sim serve` and `policyrt run` against each other; returns (server, controller) results.
 
     num_envs: environments in the server (one session of that batch in the controller). seeding:
     the server's --seeding. env_args: KEY=VALUE passed to gymnasium.make. stage_times_dir: keep the
-    raw stage durations there (server_times.npz, controller_times.npz). on_episode(n): called with
-    the number of completed episodes each time one ends. target_return: commanded return (None:
-    the bundle's). threads: the controller's ONNX Runtime intra-op threads. env_threads: the
-    server's stepping threads (None: its default).
+    raw stage durations there (server_times.npz, controller_times.npz). on_episode(event): called
+    with each finished episode's event, in the order the server ended them, all of them before this
+    returns. target_return: commanded return (None: the bundle's). threads: the controller's ONNX
+    Runtime intra-op threads. env_threads: the server's stepping threads (None: its default).
     """
-    with tempfile.TemporaryDirectory(prefix="policyrt-loop-") as tmp:  # results and the ipc socket
+    with tempfile.TemporaryDirectory(prefix="policyrt-loop-") as tmp:  # results, events and the ipc socket
         work = Path(tmp)
         server_args = ["--env", env_id, "--episodes", str(episodes), "--seed", str(seed), "--spin-us", str(spin_us),
                        "--connect-timeout", "60", "--num-envs", str(num_envs)]
@@ -51,24 +54,24 @@ def closed_loop(bundle: str, env_id: str, episodes: int, endpoint: str | None = 
         if stage_times_dir is not None:
             server_args += ["--stage-times", str(Path(stage_times_dir) / "server_times.npz")]
             controller_args += ["--stage-times", str(Path(stage_times_dir) / "controller_times.npz")]
+        events = EpisodeEventFollower(work / "events.jsonl", on_episode)
+        server_args += ["--events", str(events.path)]
         return _closed_loop(work, endpoint or f"ipc://{work}/robot.sock", server_args, controller_args,
-                            timeout_s, on_episode)
+                            timeout_s, events)
 
 
 class _OutputDrain:
     """Reads a process's output on a thread: the pipe never fills up (a long run logs a line per
     episode) and the tail stays available for error messages."""
 
-    def __init__(self, proc: subprocess.Popen, on_line: Callable[[str], None] | None = None):
+    def __init__(self, proc: subprocess.Popen):
         self.tail: deque[str] = deque(maxlen=60)
-        self._thread = threading.Thread(target=self._read, args=(proc, on_line), daemon=True)
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
         self._thread.start()
 
-    def _read(self, proc, on_line) -> None:
+    def _read(self, proc) -> None:
         for line in proc.stdout:
             self.tail.append(line)
-            if on_line is not None:
-                on_line(line)
 
     def text(self) -> str:
         self._thread.join(timeout=5)
@@ -76,7 +79,7 @@ class _OutputDrain:
 
 
 def _closed_loop(work: Path, endpoint: str, server_args: list[str], controller_args: list[str], timeout_s: float,
-                 on_episode: Callable[[int], None] | None) -> tuple[dict, dict]:
+                 events: EpisodeEventFollower) -> tuple[dict, dict]:
     server_json, controller_json = work / "server.json", work / "controller.json"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     server = subprocess.Popen(
@@ -88,14 +91,8 @@ def _closed_loop(work: Path, endpoint: str, server_args: list[str], controller_a
                      *controller_args[1:]),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
-    done = [0]
-
-    def count_episodes(line: str) -> None:
-        if on_episode is not None and _EPISODE_LINE.search(line):
-            done[0] += 1
-            on_episode(done[0])
-
-    server_out, controller_out = _OutputDrain(server, count_episodes), _OutputDrain(controller)
+    server_out, controller_out = _OutputDrain(server), _OutputDrain(controller)
+    events.start()
     try:
         controller.wait(timeout=timeout_s)
         if controller.returncode != 0:  # the server would only wait for its connect timeout
@@ -107,6 +104,8 @@ def _closed_loop(work: Path, endpoint: str, server_args: list[str], controller_a
         controller.wait()
         server.wait()
         raise RuntimeError(f"closed loop did not finish within {timeout_s:.0f} s") from None
+    finally:
+        events.stop()  # the last events: on_episode has seen every episode before the results are read
     if controller.returncode != 0 or server.returncode != 0 or not controller_json.exists() or not server_json.exists():
         raise RuntimeError(
             f"closed loop failed (controller exit {controller.returncode}, server exit {server.returncode})\n"
