@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import zmq
 
 from policyrt.protocol import MAX_FRAME_BYTES, ErrorTally, Message, ProtocolError, decode
+from policyrt.stopping import StopRequest
 
 
 class Link:
@@ -33,12 +34,17 @@ class Link:
         context: zmq.Context | None = None,
         send_timeout_ms: int = 1000,
         curve=None,
+        stop: StopRequest | None = None,
     ):
         """curve: None (plain ZeroMQ), or a CURVE setup from policyrt.controllers.auth
         (`CurveServer` for a binding robot side, `CurveClient` for a connecting controller); its
         `configure(socket, bind=, context=)` runs before bind/connect, since ZeroMQ applies security
         options only to connections made after they are set. Only setup changes: the send and
-        receive paths are the same with or without it."""
+        receive paths are the same with or without it.
+
+        stop: a StopRequest (normally policyrt.stopping.STOP) that ends a blocking receive at once
+        (recv returns None: check `stop.requested` to tell it from a timeout) and the `pending`
+        drain. None: receives end on a frame or their timeout only."""
         self.endpoint = endpoint
         self._ctx = context or zmq.Context.instance()
         self.sock = self._ctx.socket(zmq.DEALER)
@@ -60,6 +66,9 @@ class Link:
         self.obs_dim: int | None = None  # set from the SPEC; decode then checks OBS/ACT sizes
         self.act_dim: int | None = None
         self.num_envs: int | None = None  # set from the SPEC; decode then checks batched slot counts
+        self.stop = stop
+        # Built once: zmq_poll on the socket and the stop request's wake-up descriptor.
+        self._poll_items = None if stop is None else [(self.sock, zmq.POLLIN), (stop.fileno(), zmq.POLLIN)]
 
     def send(self, frame) -> bool:
         try:
@@ -69,7 +78,8 @@ class Link:
             return False
 
     def recv(self, timeout_s: float | None, spin_ns: int = 0) -> Message | None:
-        """Wait up to timeout_s (None: forever) for one frame and decode it.
+        """Wait up to timeout_s (None: forever) for one frame and decode it; None on a timeout or,
+        with a `stop`, at once when a stop is requested (before or during the wait).
 
         spin_ns > 0 first busy-polls that long without sleeping: a blocking wake-up costs tens of
         microseconds, which is most of a loopback round trip when the answer comes quickly.
@@ -90,7 +100,8 @@ class Link:
     def pending(self, limit: int, errors: ErrorTally) -> Iterator[Message]:
         """The frames already waiting, without blocking: at most `limit` of them (a flood cannot hold
         up a tick), each valid one yielded (its values stay valid until the next one is read), each
-        malformed one counted in `errors` and skipped."""
+        malformed one counted in `errors` and skipped. With a `stop`, the drain ends once a stop is
+        requested."""
         for _ in range(limit):
             try:
                 msg = self.recv(0)
@@ -111,6 +122,8 @@ class Link:
                     return -1
 
     def _blocking_read(self, timeout_s: float | None) -> int:
+        if self.stop is not None:
+            return self._stoppable_read(timeout_s)
         # A blocking receive with ZMQ_RCVTIMEO rather than poll() + receive: one wake-up and no
         # Python-level poller per message. The option is only touched when the timeout changes.
         timeout_ms = -1 if timeout_s is None else max(0, int(timeout_s * 1000))
@@ -121,6 +134,32 @@ class Link:
             return self._read(0)
         except zmq.Again:
             return -1
+
+    def _stoppable_read(self, timeout_s: float | None) -> int:
+        """Like _blocking_read, but also woken by the stop request: a frame already waiting is
+        read without polling, otherwise zmq_poll waits on the socket and the stop's descriptor.
+        (A signal's wake-up byte ends the poll, and pyzmq runs the Python handler before the poll
+        returns; a request from another thread writes that byte itself: policyrt/stopping.py.)"""
+        stop = self.stop
+        if stop.requested:
+            return -1
+        try:
+            return self._read(zmq.NOBLOCK)
+        except zmq.Again:
+            if timeout_s is not None and timeout_s <= 0:
+                return -1
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            timeout_ms = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            ready = zmq.zmq_poll(self._poll_items, timeout_ms)
+            if stop.requested or not ready:
+                return -1
+            try:
+                return self._read(zmq.NOBLOCK)
+            except zmq.Again:  # woken by another signal's wake-up byte, or without a whole frame
+                stop.spurious_wakeup()
+                if deadline is not None and time.monotonic() >= deadline:
+                    return -1
 
     def _read(self, flags: int) -> int:
         """Receive one frame into the buffer; returns its full size (larger than the buffer when
