@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from policyrt import contract
 from policyrt.bundle import open_bundle, sha256_file, write_manifest
 
 from .graph_checks import check_step_graph
 from .parity import parity_document, record_reference
-from .step_onnx import CONTRACT_INPUTS, export_step_graph, state_table
+from .step_onnx import export_step_graph, state_table
 
 
 class ExportError(RuntimeError):
@@ -64,7 +65,7 @@ def export_policy(policy, doc: dict, source: Path, out: Path, name: str | None =
     try:
         progress(f"exporting step graph of {source} ...")
         onnx_bytes = export_step_graph(step, config.obs_dim, config.act_dim, work / "policy.onnx")
-        graph = check_step_graph(onnx.load_from_string(onnx_bytes), [s.name for s in step.specs])
+        graph = check_step_graph(onnx.load_from_string(onnx_bytes), step.specs)
         if not graph.ok:
             raise ExportError("step graph breaks the contract:\n  " + "\n  ".join(graph.problems))
         extra = {k: v for k, v in doc.items() if k not in ("kind", "config")}
@@ -86,7 +87,7 @@ def export_policy(policy, doc: dict, source: Path, out: Path, name: str | None =
             "action_names": None,
             "action_low": list(config.action_low),
             "action_high": list(config.action_high),
-            "inputs": list(CONTRACT_INPUTS),
+            "inputs": list(contract.INPUTS),
             "state": state_table(step),
             "target_return": config.target_return,
             "return_scale": config.return_scale,

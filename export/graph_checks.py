@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from policyrt import contract
+from policyrt.contract import StateTensor
+
 # Control flow makes latency data dependent and TensorRT/CUDA graphs unhappy; ScatterND/Elements
 # are how naive exports shift windows (Slice + Concat is the lean form); NonZero has dynamic shapes.
 FORBIDDEN_OPS = {
@@ -14,8 +19,9 @@ FORBIDDEN_OPS = {
     "ScatterElements": "window shift by scatter (use Slice + Concat)",
     "NonZero": "data-dependent shape",
 }
-FLOAT, BOOL, INT32, INT64 = 1, 9, 6, 7
-DTYPE_NAMES = {FLOAT: "float32", BOOL: "bool", INT32: "int32", INT64: "int64", 10: "float16"}
+# ONNX TensorProto element types of the dtypes a step graph's I/O may use (and int64, which it may not).
+ONNX_DTYPES = {1: np.dtype(np.float32), 9: np.dtype(np.bool_), 6: np.dtype(np.int32), 7: np.dtype(np.int64),
+               10: np.dtype(np.float16)}
 
 
 @dataclass
@@ -29,8 +35,13 @@ class GraphReport:
         return not self.problems
 
 
-def check_step_graph(model, state_names: list[str]) -> GraphReport:
-    """`model` is an onnx.ModelProto; `state_names` the manifest's state tensor names."""
+def _dtype_name(elem_type: int) -> str:
+    dtype = ONNX_DTYPES.get(elem_type)
+    return dtype.name if dtype is not None else str(elem_type)
+
+
+def check_step_graph(model, states: list[StateTensor]) -> GraphReport:
+    """`model` is an onnx.ModelProto; `states` the state table (a step module's specs, a manifest's state)."""
     graph = model.graph
     hist: dict[str, int] = {}
     for node in graph.node:
@@ -39,24 +50,20 @@ def check_step_graph(model, state_names: list[str]) -> GraphReport:
     for op, why in FORBIDDEN_OPS.items():
         if op in hist:
             report.problems.append(f"{hist[op]} {op} node(s): {why}")
-    inputs = {i.name: i.type.tensor_type.elem_type for i in graph.input}
-    outputs = {o.name: o.type.tensor_type.elem_type for o in graph.output}
-    expected_in = {"obs": FLOAT, "prev_action": FLOAT, "reward": FLOAT, "target_return": FLOAT, "reset": BOOL}
-    expected_in.update({f"state.{n}": None for n in state_names})
-    expected_out = {"action": FLOAT, **{f"state.{n}.next": None for n in state_names}}
-    for table, expected, what in ((inputs, expected_in, "input"), (outputs, expected_out, "output")):
-        for name in sorted(set(expected) - set(table)):
+    found = {"input": {i.name: i.type.tensor_type.elem_type for i in graph.input},
+             "output": {o.name: o.type.tensor_type.elem_type for o in graph.output}}
+    expected = {"input": {}, "output": {}}
+    for spec in contract.step_io(states).values():
+        expected["input" if spec.is_input else "output"][spec.name] = spec.dtype
+    for what, table in found.items():
+        for name in sorted(set(expected[what]) - set(table)):
             report.problems.append(f"missing {what} {name!r}")
-        for name in sorted(set(table) - set(expected)):
+        for name in sorted(set(table) - set(expected[what])):
             report.problems.append(f"unexpected {what} {name!r}")
-        for name, dtype in table.items():
-            want = expected.get(name)
-            if want is not None and dtype != want:
-                report.problems.append(f"{what} {name!r} is {DTYPE_NAMES.get(dtype, dtype)}, contract says {DTYPE_NAMES[want]}")
-            if dtype == INT64:
+        for name, elem_type in table.items():
+            want = expected[what].get(name)
+            if want is not None and ONNX_DTYPES.get(elem_type) != want:
+                report.problems.append(f"{what} {name!r} is {_dtype_name(elem_type)}, contract says {want.name}")
+            if ONNX_DTYPES.get(elem_type) == np.dtype(np.int64):
                 report.problems.append(f"{what} {name!r} is int64 (TensorRT 8.6/10.3 restrict int64 I/O; use int32)")
-    for name in state_names:
-        a, b = inputs.get(f"state.{name}"), outputs.get(f"state.{name}.next")
-        if a is not None and b is not None and a != b:
-            report.problems.append(f"state {name!r}: input dtype {DTYPE_NAMES.get(a)} != output dtype {DTYPE_NAMES.get(b)}")
     return report

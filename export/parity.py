@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from policyrt import contract
 from policyrt.arrays import encode_array
 
 PARITY_STEPS = 256
@@ -31,15 +32,12 @@ def record_reference(step, obs_mean, obs_std, act_dim: int, target_return: float
 
     rng = np.random.default_rng(seed)
     obs_dim = len(obs_mean)
-    reset = reset_schedule(steps, batch)
     walk = np.zeros((batch, obs_dim))
-    inputs = {
-        "obs": np.zeros((steps, batch, obs_dim), np.float32),
-        "prev_action": np.zeros((steps, batch, act_dim), np.float32),
-        "reward": rng.uniform(0.0, 1.0, (steps, batch)).astype(np.float32),
-        "target_return": np.tile(np.float32(target_return) * np.linspace(1.0, 0.8, batch, dtype=np.float32), (steps, 1)),
-        "reset": reset,
-    }
+    inputs = {t.name: np.zeros((steps, batch, *t.shape(obs_dim, act_dim)), t.dtype) for t in contract.HOST_INPUTS}
+    reset = inputs[contract.RESET]
+    reset[:] = reset_schedule(steps, batch)
+    inputs[contract.REWARD][:] = rng.uniform(0.0, 1.0, (steps, batch))
+    inputs[contract.TARGET_RETURN][:] = np.float32(target_return) * np.linspace(1.0, 0.8, batch, dtype=np.float32)
     actions = np.zeros((steps, batch, act_dim), np.float32)
     states_per_step = []
     state = step.initial_states(batch)
@@ -47,10 +45,10 @@ def record_reference(step, obs_mean, obs_std, act_dim: int, target_return: float
     with torch.no_grad():
         for t in range(steps):
             walk = 0.9 * walk + 0.45 * rng.standard_normal(walk.shape)
-            inputs["obs"][t] = np.asarray(obs_mean) + np.asarray(obs_std) * walk
-            inputs["prev_action"][t] = np.where(reset[t][:, None], 0.0, last)
-            inputs["reward"][t] = np.where(reset[t], 0.0, inputs["reward"][t])
-            feeds = [torch.from_numpy(inputs[k][t]) for k in ("obs", "prev_action", "reward", "target_return", "reset")]
+            inputs[contract.OBS][t] = np.asarray(obs_mean) + np.asarray(obs_std) * walk
+            inputs[contract.PREV_ACTION][t] = np.where(reset[t][:, None], 0.0, last)
+            inputs[contract.REWARD][t] = np.where(reset[t], 0.0, inputs[contract.REWARD][t])
+            feeds = [torch.from_numpy(inputs[name][t]) for name in contract.INPUTS]
             action, *state = step(*feeds, *state)
             actions[t] = action.numpy()
             last = actions[t]

@@ -1,35 +1,28 @@
-"""Trace a step module into the ONNX step graph of the contract (DESIGN.md, "The step-graph contract")."""
+"""Trace a step module into the ONNX step graph of the contract (policyrt/contract.py)."""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
 
+from policyrt import contract
+
 OPSET = 17  # LayerNormalization is a single op from 17 on; TensorRT 10.x parses 17.
-CONTRACT_INPUTS = ("obs", "prev_action", "reward", "target_return", "reset")
 
 
 def example_inputs(step, obs_dim: int, act_dim: int, batch: int = 2):
+    """Fresh host inputs (every slot resetting) and initial states, in the step module's argument order."""
     import torch
 
-    return (
-        torch.zeros(batch, obs_dim),
-        torch.zeros(batch, act_dim),
-        torch.zeros(batch),
-        torch.zeros(batch),
-        torch.ones(batch, dtype=torch.bool),
-        *step.initial_states(batch),
-    )
+    inputs = contract.host_input_buffers(obs_dim, act_dim, batch, target_return=0.0)
+    return (*(torch.from_numpy(inputs[name]) for name in contract.INPUTS), *step.initial_states(batch))
 
 
 def export_step_graph(step, obs_dim: int, act_dim: int, out: Path | None = None) -> bytes:
     """Returns the serialized ONNX model (and writes it to `out` if given). Batch is dynamic."""
     import torch
 
-    state_in = [f"state.{s.name}" for s in step.specs]
-    state_out = [f"{n}.next" for n in state_in]
-    names_in = [*CONTRACT_INPUTS, *state_in]
-    names_out = ["action", *state_out]
+    names_in, names_out = contract.input_names(step.specs), contract.output_names(step.specs)
     dynamic = {n: {0: "batch"} for n in (*names_in, *names_out)}
     buffer = io.BytesIO()
     with torch.no_grad():
@@ -51,6 +44,5 @@ def export_step_graph(step, obs_dim: int, act_dim: int, out: Path | None = None)
 
 
 def state_table(step) -> list[dict]:
-    return [
-        {"name": s.name, "shape": list(s.shape), "dtype": s.dtype, "init": s.init} for s in step.specs
-    ]
+    """The manifest's `state`: one row per state tensor of the step module."""
+    return [s.to_dict() for s in step.specs]

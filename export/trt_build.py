@@ -20,8 +20,9 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from policyrt import contract
 from policyrt.bundle import MANIFEST, Manifest
-from policyrt.runtime.trt_buffers import HOST_INPUTS, EngineTensor
+from policyrt.runtime.trt_buffers import EngineTensor
 from policyrt.runtime.trt_engines import sanitize
 
 PRECISIONS = ("fp32", "fp16")
@@ -55,10 +56,8 @@ def profile_shapes(manifest: Manifest, max_batch: int, opt_batch: int | None = N
     opt = max_batch if opt_batch is None else opt_batch
     if max_batch < 1 or not 1 <= opt <= max_batch:
         raise ValueError(f"need 1 <= opt batch ({opt}) <= max batch ({max_batch})")
-    rest = {"obs": (manifest.obs_dim,), "prev_action": (manifest.act_dim,), "reward": (), "target_return": (),
-            "reset": ()}
-    assert tuple(rest) == HOST_INPUTS
-    rest.update({f"state.{s.name}": tuple(s.shape) for s in manifest.state})
+    rest = {name: t.shape(manifest.obs_dim, manifest.act_dim) for name, t in contract.step_io(manifest.state).items()
+            if t.is_input}
     return {name: ((1, *dims), (opt, *dims), (max_batch, *dims)) for name, dims in rest.items()}
 
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from policyrt.contract import StateTensor
+
 from .dt_policy import MASK_VALUE, DTPolicy
-from .step_contract import StateSpec, initial_states
+from .step_contract import initial_states
 
 
 class DTStep(nn.Module):
@@ -27,11 +29,11 @@ class DTStep(nn.Module):
         k = c.context
         self.context = k
         self.specs = [
-            StateSpec("rtg", (k,)),  # scaled return-to-go per timestep
-            StateSpec("obs", (k, c.obs_dim)),  # normalized observations
-            StateSpec("action", (k, c.act_dim)),
-            StateSpec("timestep", (k,), dtype="int32"),
-            StateSpec("fill", (1,), dtype="int32"),  # how many window slots hold real timesteps
+            StateTensor("rtg", (k,)),  # scaled return-to-go per timestep
+            StateTensor("obs", (k, c.obs_dim)),  # normalized observations
+            StateTensor("action", (k, c.act_dim)),
+            StateTensor("timestep", (k,), dtype="int32"),
+            StateTensor("fill", (1,), dtype="int32"),  # how many window slots hold real timesteps
         ]
         self.register_buffer("positions", torch.arange(k, dtype=torch.int32), persistent=False)
         n = 3 * k

@@ -1,23 +1,17 @@
-"""What every export step module shares: the state table and its initial values.
+"""What every export step module shares: its state table (policyrt.contract's StateTensor rows) and
+their initial values as torch tensors.
 
-A step module has `specs: list[StateSpec]`, `initial_states(batch)` and
-`forward(obs, prev_action, reward, target_return, reset, *states) -> (action, *next_states)`.
+A step module has `specs: list[StateTensor]`, `initial_states(batch)` and
+`forward(obs, prev_action, reward, target_return, reset, *states) -> (action, *next_states)`, the
+argument order of policyrt.contract.INPUTS.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from policyrt.contract import StateTensor
 
 
-@dataclass(frozen=True)
-class StateSpec:
-    name: str
-    shape: tuple[int, ...]  # without the batch dimension
-    init: float = 0.0
-    dtype: str = "float32"  # float32, or int32 for counters (never int64: TensorRT I/O limits)
-
-
-def initial_states(specs: list[StateSpec], batch: int):
+def initial_states(specs: list[StateTensor], batch: int):
     import torch
 
     return [torch.full((batch, *s.shape), s.init, dtype=getattr(torch, s.dtype)) for s in specs]

@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .step_contract import StateSpec, initial_states
+from policyrt.contract import StateTensor
+
+from .step_contract import initial_states
 from .xlstm_policy import XLSTMPolicy
 
 LAYER_NORM_EPS = 1e-5  # xlstm.components.ln.LayerNorm and MultiHeadLayerNorm default
@@ -134,15 +136,15 @@ class MLSTMBlockStep(nn.Module):
         self.proj_down = nn.Parameter(layer.proj_down.weight.detach().T.contiguous(), requires_grad=False)
         self.proj_down_bias = _maybe(layer.proj_down.bias)
 
-    def state_specs(self) -> list[StateSpec]:
+    def state_specs(self) -> list[StateTensor]:
         p = f"block{self.index}"
         specs = [
-            StateSpec(f"{p}.C", (self.heads, self.head_dim, self.head_dim)),
-            StateSpec(f"{p}.n", (self.heads, self.head_dim)),
-            StateSpec(f"{p}.m", (self.heads,)),
+            StateTensor(f"{p}.C", (self.heads, self.head_dim, self.head_dim)),
+            StateTensor(f"{p}.n", (self.heads, self.head_dim)),
+            StateTensor(f"{p}.m", (self.heads,)),
         ]
         if self.kernel > 0:
-            specs.append(StateSpec(f"{p}.conv", (self.kernel, self.inner)))
+            specs.append(StateTensor(f"{p}.conv", (self.kernel, self.inner)))
         return specs
 
     def forward(self, x: torch.Tensor, states: list[torch.Tensor], keep: torch.Tensor):
@@ -252,11 +254,11 @@ class SLSTMBlockStep(nn.Module):
         norm = layer.group_norm.weight_proxy
         self.group_norm_weight = None if norm is None else _frozen(norm.reshape(self.heads, self.head_dim))
 
-    def state_specs(self) -> list[StateSpec]:
+    def state_specs(self) -> list[StateTensor]:
         p = f"block{self.index}"
-        specs = [StateSpec(f"{p}.{name}", (self.dim,)) for name in ("h", "c", "n", "m")]
+        specs = [StateTensor(f"{p}.{name}", (self.dim,)) for name in ("h", "c", "n", "m")]
         if self.kernel > 0:
-            specs.append(StateSpec(f"{p}.conv", (self.kernel, self.dim)))
+            specs.append(StateTensor(f"{p}.conv", (self.kernel, self.dim)))
         return specs
 
     def forward(self, x: torch.Tensor, states: list[torch.Tensor], keep: torch.Tensor):
@@ -320,7 +322,7 @@ class XLSTMStep(nn.Module):
         self.post_norm_weight = None
         if not isinstance(post, nn.Identity):
             self.post_norm_weight = nn.Parameter(post.weight_proxy.detach().clone(), requires_grad=False)
-        self.specs = [StateSpec("rtg", (1,), init=float(config.target_return))]
+        self.specs = [StateTensor("rtg", (1,), init=float(config.target_return))]
         for block in self.blocks:
             self.specs.extend(block.state_specs())
 

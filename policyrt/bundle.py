@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .contract import StateTensor
+
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 # Engines are built on the board after the bundle was made; they carry their own verify stamps.
@@ -26,14 +28,6 @@ class BundleError(ValueError):
 
 
 @dataclass(frozen=True)
-class StateTensor:
-    name: str
-    shape: tuple[int, ...]
-    dtype: str = "float32"
-    init: float = 0.0
-
-
-@dataclass(frozen=True)
 class Manifest:
     name: str
     kind: str
@@ -42,7 +36,7 @@ class Manifest:
     action_low: np.ndarray
     action_high: np.ndarray
     state: tuple[StateTensor, ...]
-    inputs: tuple[str, ...]
+    inputs: tuple[str, ...]  # as recorded; the step graph's are policyrt.contract.INPUTS
     target_return: float
     control_rate_hz: float | None = None
     env_id: str | None = None
@@ -64,10 +58,7 @@ class Manifest:
                 act_dim=act_dim,
                 action_low=_vector(doc["action_low"], act_dim, "action_low", where),
                 action_high=_vector(doc["action_high"], act_dim, "action_high", where),
-                state=tuple(
-                    StateTensor(s["name"], tuple(int(d) for d in s["shape"]), s.get("dtype", "float32"), float(s.get("init", 0.0)))
-                    for s in doc["state"]
-                ),
+                state=tuple(StateTensor.from_dict(row) for row in doc["state"]),
                 inputs=tuple(doc["inputs"]),
                 target_return=float(doc["target_return"]),
                 control_rate_hz=doc.get("control_rate_hz"),

@@ -1,8 +1,8 @@
 """The backend interface every runtime backend implements (ONNX Runtime, PyTorch reference, TensorRT).
 
 A backend owns the graph's inputs and state buffers for a fixed batch. The Session writes the host
-inputs into `inputs` (preallocated numpy arrays, keyed by the contract's input names), calls
-`run()`, and reads `action`. State never leaves the backend: it swaps its own buffers each tick.
+inputs into `inputs` (preallocated numpy arrays, keyed by policyrt.contract.INPUTS), calls `run()`,
+and reads `action`. State never leaves the backend: it swaps its own buffers each tick.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+from policyrt import contract
 from policyrt.bundle import Bundle
 
 
@@ -21,14 +22,8 @@ class Backend(ABC):
         m = bundle.manifest
         self.bundle = bundle
         self.batch_size = batch_size
-        self.inputs = {
-            "obs": np.zeros((batch_size, m.obs_dim), np.float32),
-            "prev_action": np.zeros((batch_size, m.act_dim), np.float32),
-            "reward": np.zeros(batch_size, np.float32),
-            "target_return": np.full(batch_size, m.target_return, np.float32),
-            "reset": np.ones(batch_size, bool),
-        }
-        self.action = np.zeros((batch_size, m.act_dim), np.float32)
+        self.inputs = contract.host_input_buffers(m.obs_dim, m.act_dim, batch_size, m.target_return)
+        self.action = contract.ACTION_OUTPUT.buffer(batch_size, m.obs_dim, m.act_dim)
 
     @abstractmethod
     def run(self) -> None:

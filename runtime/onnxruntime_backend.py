@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from policyrt import contract
 from policyrt.bundle import Bundle
 
 from .backend import Backend
@@ -39,12 +40,7 @@ class OnnxRuntimeBackend(Backend):
         }
         options.graph_optimization_level = levels[optimization]
         self.session = ort.InferenceSession(str(bundle.onnx_path), options, providers=["CPUExecutionProvider"])
-        m = bundle.manifest
-        self.state_names = [s.name for s in m.state]
-        self._states = [
-            {s.name: np.full((batch_size, *s.shape), s.init, dtype=np.dtype(s.dtype)) for s in m.state}
-            for _ in range(2)
-        ]
+        self._states = [contract.initial_state(bundle.manifest.state, batch_size) for _ in range(2)]
         wrap = ort.OrtValue.ortvalue_from_numpy
         self._keep_alive = []  # OrtValues must outlive the bindings that reference them
 
@@ -54,14 +50,14 @@ class OnnxRuntimeBackend(Backend):
                 value = wrap(array)
                 self._keep_alive.append(value)
                 io.bind_ortvalue_input(name, value)
-            for name in self.state_names:
-                value_in, value_out = wrap(src[name]), wrap(dst[name])
+            for state in bundle.manifest.state:
+                value_in, value_out = wrap(src[state.name]), wrap(dst[state.name])
                 self._keep_alive += [value_in, value_out]
-                io.bind_ortvalue_input(f"state.{name}", value_in)
-                io.bind_ortvalue_output(f"state.{name}.next", value_out)
+                io.bind_ortvalue_input(state.input_name, value_in)
+                io.bind_ortvalue_output(state.output_name, value_out)
             value = wrap(self.action)
             self._keep_alive.append(value)
-            io.bind_ortvalue_output("action", value)
+            io.bind_ortvalue_output(contract.ACTION, value)
             return io
 
         self._bindings = [binding(self._states[0], self._states[1]), binding(self._states[1], self._states[0])]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from policyrt import contract
 from policyrt.bundle import Bundle, BundleError
 
 from .backend import Backend
@@ -32,15 +33,13 @@ class TorchBackend(Backend):
         policy, _ = load_checkpoint(reference)
         self._torch = torch
         self.step_module = make_step(policy)
-        self._inputs_t = {k: torch.from_numpy(v) for k, v in self.inputs.items()}  # shares memory
+        # The step module's arguments, in its order; from_numpy shares memory with the Session's inputs.
+        self._feeds = tuple(torch.from_numpy(self.inputs[name]) for name in contract.INPUTS)
         self._state = self.step_module.initial_states(batch_size)
 
     def run(self) -> None:
-        t = self._inputs_t
         with self._torch.inference_mode():
-            action, *self._state = self.step_module(
-                t["obs"], t["prev_action"], t["reward"], t["target_return"], t["reset"], *self._state
-            )
+            action, *self._state = self.step_module(*self._feeds, *self._state)
         np.copyto(self.action, action.numpy())
 
     def reset_state(self, mask: np.ndarray) -> None:

@@ -26,6 +26,7 @@ import logging
 
 import numpy as np
 
+from policyrt import contract
 from policyrt.bundle import Bundle, BundleError
 
 from .backend import Backend
@@ -33,7 +34,6 @@ from .graph_capture import PingPongGraphs
 
 log = logging.getLogger(__name__)
 
-STEP_INPUTS = ("obs", "prev_action", "reward", "target_return", "reset")  # the step module's argument order
 _ALIGN = 16  # byte alignment of each input in the packed buffers: typed views need offset % itemsize == 0
 
 
@@ -98,14 +98,15 @@ class TorchCudaBackend(Backend):
         self._host_bytes = torch.zeros(size, dtype=torch.uint8, pin_memory=self._cuda)
         self._device_bytes = torch.zeros(size, dtype=torch.uint8, device=self.device)
         host = self._host_bytes.numpy()
-        self._device_inputs = {}
+        device_inputs = {}
         for name, initial in list(self.inputs.items()):
             start, stop = offsets[name], offsets[name] + initial.nbytes
             view = host[start:stop].view(initial.dtype).reshape(initial.shape)
             view[...] = initial
             self.inputs[name] = view  # the Session writes here; run() ships it in one copy
             dtype = torch.from_numpy(initial[:0]).dtype
-            self._device_inputs[name] = self._device_bytes[start:stop].view(dtype).view(initial.shape)
+            device_inputs[name] = self._device_bytes[start:stop].view(dtype).view(initial.shape)
+        self._device_inputs = tuple(device_inputs[name] for name in contract.INPUTS)  # the step's argument order
 
         initial_states = self.step_module.initial_states(batch_size)
         self._sets = [[t.to(self.device, copy=True) for t in initial_states] for _ in range(2)]
@@ -125,10 +126,9 @@ class TorchCudaBackend(Backend):
     # -- the three GPU actions PingPongGraphs drives ------------------------------------------------
     def _enqueue(self, direction: int) -> None:
         """Queue one step from state set `direction` into the other set (eagerly, or while capturing)."""
-        x = self._device_inputs
         src, dst = self._sets[direction], self._sets[direction ^ 1]
         with self._torch.no_grad():
-            outputs = self.step_module(*(x[name] for name in STEP_INPUTS), *src)
+            outputs = self.step_module(*self._device_inputs, *src)
             targets = [self._action_device, *dst]
             for group in self._copy_groups:
                 self._copy_all([targets[i] for i in group], [outputs[i] for i in group])

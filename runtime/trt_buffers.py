@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from policyrt import contract
 from policyrt.bundle import Manifest
 
 ALIGNMENT = 256
-HOST_INPUTS = ("obs", "prev_action", "reward", "target_return", "reset")
 
 # TensorRT DataType names (`trt.DataType.X.name`) -> numpy. BF16, FP8, INT4 have no numpy type the
 # host could fill, and the step-graph contract never uses them at the I/O.
@@ -101,19 +101,9 @@ class BufferPlan:
 
 
 def expected_io(manifest: Manifest) -> dict[str, tuple[bool, np.dtype, tuple[int, ...]]]:
-    """The contract's engine tensors: name -> (is_input, dtype, shape without batch)."""
-    io = {
-        "obs": (True, np.dtype(np.float32), (manifest.obs_dim,)),
-        "prev_action": (True, np.dtype(np.float32), (manifest.act_dim,)),
-        "reward": (True, np.dtype(np.float32), ()),
-        "target_return": (True, np.dtype(np.float32), ()),
-        "reset": (True, np.dtype(np.bool_), ()),
-        "action": (False, np.dtype(np.float32), (manifest.act_dim,)),
-    }
-    for s in manifest.state:
-        io[f"state.{s.name}"] = (True, np.dtype(s.dtype), tuple(s.shape))
-        io[f"state.{s.name}.next"] = (False, np.dtype(s.dtype), tuple(s.shape))
-    return io
+    """The contract's engine tensors for this bundle: name -> (is_input, dtype, shape without batch)."""
+    return {name: (t.is_input, t.dtype, t.shape(manifest.obs_dim, manifest.act_dim))
+            for name, t in contract.step_io(manifest.state).items()}
 
 
 def check_engine_io(manifest: Manifest, tensors: list[EngineTensor], batch_size: int) -> None:
@@ -157,13 +147,13 @@ def plan_buffers(manifest: Manifest, batch_size: int, tensors: list[EngineTensor
         offset = align(offset + slot.nbytes)
         return slot
 
-    inputs = tuple(place(n, n) for n in HOST_INPUTS)
+    inputs = tuple(place(n, n) for n in contract.INPUTS)
     inputs_nbytes = offset
-    action = place("action", "action")
+    action = place(contract.ACTION, contract.ACTION)
     host_nbytes = offset
-    sets = [[place(f"state.{s.name}", f"state.{s.name}") for s in manifest.state] for _ in range(2)]
+    sets = [[place(s.input_name, s.input_name) for s in manifest.state] for _ in range(2)]
     states = tuple(
-        StatePair(s.name, f"state.{s.name}", f"state.{s.name}.next", s.init, (a, b))
+        StatePair(s.name, s.input_name, s.output_name, s.init, (a, b))
         for s, a, b in zip(manifest.state, *sets)
     )
     return BufferPlan(batch_size, inputs, inputs_nbytes, action, host_nbytes, states, max(offset, ALIGNMENT))

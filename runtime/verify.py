@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from policyrt import contract
 from policyrt.arrays import decode_array
 from policyrt.bundle import Bundle
 
@@ -84,7 +85,7 @@ def parity_inputs(parity: dict) -> dict[str, np.ndarray]:
 
 def replay(backend, inputs: dict[str, np.ndarray], on_step=None) -> np.ndarray:
     """Feed recorded inputs [T, B, ...] through `backend`; returns actions [T, B, act_dim]."""
-    steps = inputs["obs"].shape[0]
+    steps = inputs[contract.OBS].shape[0]
     actions = np.zeros((steps, *backend.action.shape), np.float32)
     for t in range(steps):
         for name, series in inputs.items():
@@ -144,14 +145,14 @@ def verify_backend(bundle: Bundle, backend_name: str = "onnxruntime", tolerance:
     `options` go to the backend (tensorrt: `precision`). verify is what makes a TensorRT engine usable, so
     it opens the engine with `require_verified=False`.
     """
-    from . import ALIASES, make_backend
+    from . import make_backend, resolve_backend
 
-    name = ALIASES.get(backend_name, backend_name)
+    name = resolve_backend(backend_name)
     if name == "tensorrt":
         options.setdefault("require_verified", False)
     parity = bundle.parity()
     inputs = parity_inputs(parity)
-    steps, batch = inputs["obs"].shape[:2]
+    steps, batch = inputs[contract.OBS].shape[:2]
     backend = make_backend(bundle, name, batch, **options)
     try:
         tol = float(tolerance if tolerance is not None else default_tolerance(backend, parity))
@@ -161,7 +162,7 @@ def verify_backend(bundle: Bundle, backend_name: str = "onnxruntime", tolerance:
         report = VerifyReport(backend=backend.name, steps=steps, batch=batch, tolerance=tol)
         report.outputs.append(compare("action", actions, decode_array(reference["action"]), tol))
         for state_name, doc in reference["final_state"].items():
-            report.outputs.append(compare(f"state.{state_name} (final)", final[state_name][None],
+            report.outputs.append(compare(f"{contract.state_name(state_name)} (final)", final[state_name][None],
                                           decode_array(doc)[None], tol, size_scaled=True))
         if backend.name == "tensorrt" and report.ok:
             report.stamp = str(stamp_engine(backend, report))

@@ -12,10 +12,12 @@ from policyrt.export.graph_checks import FORBIDDEN_OPS, check_step_graph  # noqa
 
 
 def test_step_graph_has_the_contract_io_and_no_forbidden_ops(tiny_bundle):
+    from policyrt.bundle import open_bundle
+
     model = onnx.load(str(tiny_bundle / "policy.onnx"))
-    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
-    names = [s["name"] for s in manifest["state"]]
-    report = check_step_graph(model, names)
+    states = open_bundle(tiny_bundle).manifest.state
+    names = [s.name for s in states]
+    report = check_step_graph(model, states)
     assert report.ok, report.problems
     assert not set(report.op_histogram) & set(FORBIDDEN_OPS)
     inputs = [i.name for i in model.graph.input]
