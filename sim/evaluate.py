@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .server import episode_seed
+from .robot import episode_seed
 
 Progress = Callable[[str, int, int], None]  # (label, episodes done, episodes asked)
 

@@ -20,7 +20,7 @@ from wire_helpers import (
 )
 
 from policyrt.protocol import HEADER, MAGIC, VERSION, ActFlag, Encoder, MsgType, ObsFlag
-from policyrt.sim.server import serve, spec_for_env
+from policyrt.sim.robot import spec_for_env
 
 gymnasium = pytest.importorskip("gymnasium")
 
@@ -55,8 +55,9 @@ def test_two_truncated_episodes_round_trip_between_processes(transport, tmp_path
                 break
             assert msg.type is MsgType.OBS
             seen.append((msg.episode, msg.step, msg.flags, msg.reward))
-            if not msg.flags & (ObsFlag.TERMINATED | ObsFlag.TRUNCATED):
-                ctl.answer(msg, PENDULUM_GAIN @ msg.obs)
+            # Protocol version 2: the terminal OBS is answered too (its action is ignored, the
+            # robot resets on that tick); version 1 left it unanswered.
+            ctl.answer(msg, PENDULUM_GAIN @ msg.obs)
     finally:
         ctl.close()
     code, out, err = finish(server)
@@ -220,8 +221,10 @@ def test_no_controller_within_the_connect_timeout(tmp_path):
 
 
 def test_serve_refuses_modes_it_does_not_have():
-    with pytest.raises(ValueError, match="lockstep"):
-        serve(PENDULUM, "ipc:///tmp/unused.sock", mode="realtime")
+    """The two drivers (lockstep, realtime) are the modes; anything else is refused up front."""
+    server = start_sim_server(endpoint_for("ipc"), "--mode", "turbo")
+    code, _, err = finish(server)
+    assert code == 2 and "invalid choice: 'turbo'" in err and "lockstep" in err
 
 
 def test_spec_for_env_reads_dims_rate_bounds_and_actuators():

@@ -1,15 +1,17 @@
-"""The real-time sim server: a MuJoCo environment that behaves like a robot, not like a test rig.
+"""The real-time sim server: the sim robot that behaves like a robot, not like a test rig.
 
-Lockstep (sim/server.py) waits for every action, so a slow policy costs only wall-clock time. A
-robot does not wait: its physics moves on whether the controller answered or not. This server
-advances the environment by one control step per tick of a wall-clock scheduler at the
-environment's control rate (or `rate_hz`, which rescales the physics timestep), applies the
-latest ACT it has (zero-order hold), and publishes each new observation on the conflated stream
-link. A policy that answers late acts on an old state and loses return; one that stops
-answering is replaced by the robot's own safe action (zero, or the bound nearest to zero) once
-no ACT came for `act_timeout_s` -- logged, counted, and undone by the next ACT.
+Lockstep (sim/lockstep_driver.py) waits for every action, so a slow policy costs only wall-clock
+time. A robot does not wait: its physics moves on whether the controller answered or not. This
+driver ticks the sim robot (sim/robot.py, one environment) on a wall-clock scheduler at the
+environment's control rate (or `rate_hz`, which rescales the physics timestep), applies the latest
+ACT it has (zero-order hold), and publishes each new observation on the conflated stream link. A
+policy that answers late acts on an old state and loses return; one that stops answering is
+replaced by the robot's own safe action (zero, or the bound nearest to zero) once no ACT came for
+`act_timeout_s` -- logged, counted, and undone by the next ACT. The tick after a terminal
+observation resets the environment (the robot's NEXT_STEP autoreset); an ACT answering a terminal
+observation is never applied (protocol version 2).
 
-Session control (docs/PROTOCOL.md, section 1, real-time mode):
+Session control (docs/PROTOCOL.md, section 1, real-time mode; policyrt/session_control.py):
 - HELLO (from a new or restarted controller): SPEC, then a new episode starting with a RESET OBS;
 - ESTOP / CLEAR, from the controller or an operator (`policyrt estop`), latch / release the
   robot's e-stop. While latched the server repeats ESTOP to its controller every
@@ -18,13 +20,13 @@ Session control (docs/PROTOCOL.md, section 1, real-time mode):
   make sure the controller hears it. An ACT flagged ESTOP is applied as the safe action but does
   not latch (the controller says it is stopped; only an explicit ESTOP latches);
 - BYE ends the run; a controller that goes silent makes the server go safe and wait for a new
-  HELLO, up to `controller_timeout_s`.
+  HELLO, up to `controller_timeout_s`; a stop request (SIGINT/SIGTERM) ends it with BYE.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,12 +34,14 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from policyrt.protocol import ActFlag, Encoder, ErrorTally, MsgType, ObsFlag, ProtocolError
+from policyrt.protocol import ActFlag, Encoder, ErrorTally, MsgType
 from policyrt.scheduler import TickScheduler
+from policyrt.session_control import Control, SessionControl
+from policyrt.stopping import STOP, StopRequest
 from policyrt.stream import open_session_link, open_stream_link
 from policyrt.timing import StageTimes
 
-from .server import EpisodeStats, make_env, spec_for_env
+from .robot import ENDED, EpisodeStats, SimRobot, episodes_line, finish, make_env, spec_for_env
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,7 @@ ESTOP_REPEAT_S = 0.2
 CLEAR_REPEATS = 3
 _ESTOP = int(ActFlag.ESTOP)
 _MAX_FRAMES_PER_TICK = 256
+_clock = time.monotonic_ns  # the scheduler's clock
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,7 @@ def serve_realtime(
     context: zmq.Context | None = None,
     curve=None,
     on_episode: Callable[[EpisodeStats], None] | None = None,
+    stop: StopRequest | None = STOP,
 ) -> RealtimeServeResult:
     """Serve `env_id` in real time on `bind` (session link) and its stream endpoint.
 
@@ -114,106 +120,90 @@ def serve_realtime(
     environment's own rate. act_timeout_s: go safe when no ACT came for this long (default:
     5 control periods, at least 20 ms). Stops after `episodes` completed episodes, after
     `duration_s` of session time, on the controller's BYE, when no controller is connected for
-    `controller_timeout_s`, or when none said HELLO within `connect_timeout_s` (None: wait).
-    on_episode(stats): called as each episode ends.
+    `controller_timeout_s`, when none said HELLO within `connect_timeout_s` (None: wait), or on a
+    stop request. on_episode: called with each finished episode's stats.
     """
     env = make_env(env_id, **(env_kwargs or {}))
     try:
         dt = set_rate(env, rate_hz) if rate_hz else float(env.unwrapped.dt)
         spec = spec_for_env(env_id, env)
-        server = _RealtimeServer(env, spec, dt, seed, act_timeout_s, spin_us)
-        server.on_episode = on_episode
+        robot = SimRobot([env], spec, seed=seed, seeding="first", episodes=episodes, on_episode=on_episode)
+        driver = RealtimeDriver(robot, dt, act_timeout_s, spin_us, stop)
         with (
             open_session_link(bind, bind=True, context=context, curve=curve) as session,
             open_stream_link(bind, bind=True, context=context, curve=curve) as stream,
         ):
-            server.attach(session, stream)
-            stop, detail = server.run(episodes, duration_s, controller_timeout_s, connect_timeout_s)
+            driver.attach(session, stream)
+            reason, detail = driver.run(duration_s, controller_timeout_s, connect_timeout_s)
     finally:
         env.close()
     result = RealtimeServeResult(
         env_id=env_id,
         bind=bind,
         rate_hz=round(1.0 / dt, 6),
-        stop_reason=stop,
+        stop_reason=reason,
         detail=detail,
-        episodes=tuple(server.episodes),
-        aborted_episodes=server.aborted,
-        steps=server.steps,
-        acts=server.acts,
-        held_steps=server.held,
-        safe_steps=server.safe_steps,
-        safe_events=server.safe_events,
-        estops=server.estops,
-        estop_steps=server.estop_steps,
-        controller_sessions=server.sessions,
-        errors=dict(server.errors.counts),
-        act_lag=server.lag_summary(),
-        jitter=server.sched.jitter_summary(),
-        timing=server.times.summary(),
+        episodes=tuple(robot.episodes),
+        aborted_episodes=robot.aborted,
+        steps=robot.steps,
+        acts=driver.acts,
+        held_steps=driver.held,
+        safe_steps=driver.safe_steps,
+        safe_events=driver.safe_events,
+        estops=driver.control.estops,
+        estop_steps=driver.estop_steps,
+        controller_sessions=driver.sessions,
+        errors=dict(driver.errors.counts),
+        act_lag=driver.lag_summary(),
+        jitter=driver.sched.jitter_summary(),
+        timing=driver.times.summary(),
     )
-    (log.error if stop in ("controller_lost", "no_controller") else log.info)(
-        "sim server stopped: %s", detail
-    )
-    if results_path is not None:
-        Path(results_path).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-    return result
+    return finish(result, results_path)
 
 
-class _RealtimeServer:
-    def __init__(self, env, spec, dt: float, seed: int, act_timeout_s: float | None, spin_us: float):
-        self.env, self.spec, self.dt, self.seed = env, spec, dt, seed
-        self.sched = TickScheduler(1.0 / dt, spin_us=spin_us)
+class RealtimeDriver:
+    def __init__(self, robot: SimRobot, dt: float, act_timeout_s: float | None, spin_us: float,
+                 stop: StopRequest | None = None):
+        if robot.num_envs != 1:
+            raise ValueError("the real-time mode serves one environment per endpoint")
+        self.robot, self.spec, self.dt, self.stop = robot, robot.spec, dt, stop
+        self.sched = TickScheduler(1.0 / dt, spin_us=spin_us, clock=_clock)
         timeout = act_timeout_s if act_timeout_s is not None else max(5 * dt, 0.02)
         self.act_timeout_ns = int(timeout * 1e9)
-        self.enc = Encoder(obs_dim=spec.obs_dim, act_dim=spec.act_dim)
+        self.enc = Encoder(obs_dim=self.spec.obs_dim, act_dim=self.spec.act_dim)
         self.errors = ErrorTally(log, "real-time sim server")
+        self.control = SessionControl("robot", self.errors, log, where=lambda: f"step {self.robot.steps}")
         self.times = StageTimes(("receive", "env_step", "send"))
-        self.action = np.zeros(env.action_space.shape, env.action_space.dtype)
-        self.latest = np.zeros(spec.act_dim, np.float32)  # the newest ACT's action
-        low, high = spec.bounds()
-        self.safe_action = np.clip(np.zeros(spec.act_dim), low, high).reshape(self.action.shape)
-        self.episodes: list[EpisodeStats] = []
-        self.on_episode: Callable[[EpisodeStats], None] | None = None  # called as each episode ends
-        self.aborted = self.steps = self.acts = self.held = 0
-        self.safe_steps = self.safe_events = self.estops = self.estop_steps = self.sessions = 0
+        self.latest = np.zeros(self.spec.act_dim, np.float32)  # the newest applicable ACT's action
+        self.acts = self.held = self.safe_steps = self.safe_events = self.estop_steps = self.sessions = 0
         self.lags = np.zeros(1 << 17, np.int64)
         self.lag_count = 0
-        self.episode = -1
-        self.ep_return, self.ep_len = 0.0, 0
-        self.connected = False  # a controller said HELLO and has not said BYE
         self.last_act_ns = 0  # receive time of the newest ACT (or of the HELLO, before the first)
         self.last_contact_ns = 0  # any frame from the controller
         self.fresh_act = False
         self.act_estop = False  # the newest ACT carries the ESTOP flag
         self.is_safe = False
-        self.estop = False
         self.estop_sent_ns = 0
         self.clear_repeats = 0
-        self.need_reset = True
-        self.seeded = False
+        self.need_start = False  # a HELLO came: the next tick starts the session's episode
+        self.terminal_seq = -1  # seq of the last terminal OBS (-1: none): an ACT answering it is not applied
         self.obs_seq_by_step: dict[int, int] = {}
+        self.stop_reason: tuple[str, str] | None = None
 
     def attach(self, session, stream) -> None:
         self.session, self.stream = session, stream
         for link in (session, stream):
             link.obs_dim, link.act_dim = self.spec.obs_dim, self.spec.act_dim
 
-    def run(self, episodes, duration_s, controller_timeout_s, connect_timeout_s) -> tuple[str, str]:
-        ep = self.session.endpoint
+    def run(self, duration_s, controller_timeout_s, connect_timeout_s) -> tuple[str, str]:
+        ep, rate = self.session.endpoint, 1.0 / self.dt
         log.info(
             "serving %s on %s (real-time, %.4g Hz, stream on %s): waiting for a controller "
             "(e.g. `policyrt run BUNDLE --connect %s --mode realtime --rate %.4g`)",
-            self.spec.robot,
-            ep,
-            1.0 / self.dt,
-            self.stream.endpoint,
-            ep,
-            1.0 / self.dt,
+            self.spec.robot, ep, rate, self.stream.endpoint, ep, rate,
         )
-        sched = self.sched
-        clock = sched._clock
-        t_begin = clock()
+        sched, robot = self.sched, self.robot
+        t_begin = _clock()
         lost_ns = int(controller_timeout_s * 1e9)
         duration_ticks = None if duration_s is None else int(round(duration_s / self.dt))
         session_ticks = 0
@@ -221,39 +211,36 @@ class _RealtimeServer:
         try:
             while True:
                 sched.wait()
-                now = clock()
+                if self.stop is not None and self.stop.requested:
+                    return "interrupted", f"stopped by {self.stop.reason} after {robot.steps} steps"
+                now = _clock()
                 self._receive(now)
-                t_recv = clock()
+                t_recv = _clock()
                 if self.stop_reason is not None:
                     return self.stop_reason
                 if not self.sessions:
                     if connect_timeout_s is not None and now - t_begin > connect_timeout_s * 1e9:
-                        return (
-                            "no_controller",
-                            f"no controller said HELLO on {ep} within {connect_timeout_s:g} s",
-                        )
+                        return "no_controller", f"no controller said HELLO on {ep} within {connect_timeout_s:g} s"
                     continue
                 if now - self.last_contact_ns > lost_ns:
                     return "controller_lost", (
-                        f"no message from any controller for {controller_timeout_s:g} s after {self.steps} steps; exiting"
+                        f"no message from any controller for {controller_timeout_s:g} s after {robot.steps} steps; "
+                        "exiting"
                     )
                 self._repeat_estop(now)
                 self._tick(now)
-                t_step = clock()
-                self.times.record(t_recv - now, t_step - t_recv, clock() - t_step)
+                t_step = _clock()
+                self._send_observation()
+                self.times.record(t_recv - now, t_step - t_recv, _clock() - t_step)
                 session_ticks += 1
-                if episodes is not None and len(self.episodes) >= episodes:
-                    return "episodes_done", f"{len(self.episodes)} episode(s) completed as asked"
+                if robot.done:
+                    return "episodes_done", f"{len(robot.episodes)} episode(s) completed as asked"
                 if duration_ticks is not None and session_ticks >= duration_ticks:
                     return "duration", f"ran the requested {duration_s:g} s ({session_ticks} steps)"
-        except KeyboardInterrupt:
-            return "interrupted", f"interrupted after {self.steps} steps"
         finally:
-            self._abandon_episode()
-            if self.connected:
+            robot.abandon()
+            if self.control.connected:
                 self.session.send(self.enc.control(MsgType.BYE))
-
-    stop_reason = None
 
     # ---- receiving ---------------------------------------------------------------------------
 
@@ -263,66 +250,47 @@ class _RealtimeServer:
             self._control(msg, now)
         for msg in self.stream.pending(_MAX_FRAMES_PER_TICK, self.errors):
             if msg.type is not MsgType.ACT:
-                self.errors.add(ProtocolError("unexpected", f"{msg.type.name} on the action stream"))
+                self.control.unexpected(f"{msg.type.name} on the action stream")
                 continue
-            if not self.connected:
-                self.errors.add(ProtocolError("unexpected", "ACT without a controller session (no HELLO)"))
+            if not self.control.connected:
+                self.control.unexpected("ACT without a controller session (no HELLO)")
                 continue
-            self.latest[:] = msg.values
-            self.act_estop = bool(msg.flags & _ESTOP)
             self.last_act_ns = self.last_contact_ns = now
-            self.fresh_act = True
             self.acts += 1
             sent_at = self.obs_seq_by_step.get(msg.ack)
             if sent_at is not None:
-                self.lags[self.lag_count % len(self.lags)] = self.steps - sent_at
+                self.lags[self.lag_count % len(self.lags)] = self.robot.steps - sent_at
                 self.lag_count += 1
+            if msg.ack == self.terminal_seq:
+                continue  # answers the end of an episode: alive, but nothing to apply
+            self.latest[:] = msg.values
+            self.act_estop = bool(msg.flags & _ESTOP)
+            self.fresh_act = True
 
     def _control(self, msg, now: int) -> None:
-        mtype = msg.type
-        if mtype is MsgType.HELLO:
+        if msg.type is MsgType.HEARTBEAT:
+            self.last_contact_ns = now
+        estop = self.control.estop
+        what = self.control.handle(msg)
+        if self.control.estop != estop:  # tell the controller at once (ESTOP) or a few times (CLEAR)
+            self.estop_sent_ns = 0
+            self.clear_repeats = 0 if self.control.estop else CLEAR_REPEATS
+        if what is Control.HELLO:
             if self.sessions:
                 log.warning("a controller said HELLO: starting a new session (episode abandoned)")
             self.session.send(self.enc.spec(self.spec, ack=msg.seq))
             self.sessions += 1
-            self.connected = True
             self.last_contact_ns = now
             self.last_act_ns = now  # a controller that said HELLO owes ACTs from now on
-            self._abandon_episode()
-            self.need_reset = True
-        elif mtype is MsgType.ESTOP:
-            if not self.estop:
-                self.estop = True
-                self.estops += 1
-                self.estop_sent_ns = 0  # tell the controller at once
-                log.warning(
-                    "step %d: emergency stop latched: applying the safe action until CLEAR", self.steps
-                )
-        elif mtype is MsgType.CLEAR:
-            if self.estop:
-                self.estop = False
-                self.clear_repeats = CLEAR_REPEATS
-                self.estop_sent_ns = 0
-                log.warning("step %d: emergency stop cleared", self.steps)
-        elif mtype is MsgType.BYE:
-            if self.connected:
-                self.connected = False
-                self.stop_reason = (
-                    "controller_left",
-                    f"the controller ended the session after {self.steps} steps",
-                )
-        elif mtype is MsgType.HEARTBEAT:
-            self.last_contact_ns = now
-        else:
-            self.errors.add(
-                ProtocolError("unexpected", f"{mtype.name} from a controller on the session link")
-            )
+            self.need_start = True
+        elif what is Control.BYE:
+            self.stop_reason = ("controller_left", f"the controller ended the session after {self.robot.steps} steps")
 
     def _repeat_estop(self, now: int) -> None:
         """Tell the controller the e-stop state, repeatedly (see the module docstring)."""
         if now - self.estop_sent_ns < ESTOP_REPEAT_S * 1e9 / (2 if self.clear_repeats else 1):
             return
-        if self.estop:
+        if self.control.estop:
             self.session.send(self.enc.control(MsgType.ESTOP))
             self.estop_sent_ns = now
         elif self.clear_repeats:
@@ -333,8 +301,13 @@ class _RealtimeServer:
     # ---- stepping ----------------------------------------------------------------------------
 
     def _tick(self, now: int) -> None:
-        if self.need_reset:
-            self._reset()
+        robot = self.robot
+        if self.need_start:
+            self.need_start = False
+            robot.start()
+            return
+        if robot.flags[0] & ENDED:  # the autoreset tick: no physics, no action applied
+            robot.step(None)
             return
         timed_out = now - self.last_act_ns > self.act_timeout_ns
         if timed_out and not self.is_safe:
@@ -342,59 +315,31 @@ class _RealtimeServer:
             self.safe_events += 1
             log.warning(
                 "step %d: no ACT for %.0f ms: applying the safe action until the controller is back",
-                self.steps,
+                robot.steps,
                 (now - self.last_act_ns) / 1e6,
             )
         elif not timed_out and self.is_safe:
             self.is_safe = False
-            log.warning("step %d: ACTs are arriving again: following the controller", self.steps)
-        if self.estop:
-            self.action[...] = self.safe_action
+            log.warning("step %d: ACTs are arriving again: following the controller", robot.steps)
+        if self.control.estop:
             self.estop_steps += 1
         elif timed_out:
-            self.action[...] = self.safe_action
             self.safe_steps += 1
-        elif self.act_estop:
-            self.action[...] = self.safe_action
-        else:
-            self.action[...] = self.latest.reshape(self.action.shape)
-            if not self.fresh_act:
-                self.held += 1
-        obs, reward, terminated, truncated, _ = self.env.step(self.action)
-        self.steps += 1
-        self.ep_len += 1
-        self.ep_return += float(reward)
-        flags = (ObsFlag.TERMINATED if terminated else 0) | (ObsFlag.TRUNCATED if truncated else 0)
-        self._send_obs(obs, float(reward), int(flags))
-        if terminated or truncated:
-            self.episodes.append(
-                EpisodeStats(self.episode, self.ep_return, self.ep_len, bool(terminated), bool(truncated))
-            )
-            if self.on_episode is not None:
-                self.on_episode(self.episodes[-1])
-            log.info("episode %d: return %.2f over %d steps", self.episode, self.ep_return, self.ep_len)
-            self.ep_len = 0
-            self.need_reset = True
+        elif not self.fresh_act and not self.act_estop:
+            self.held += 1
+        robot.step(None if self.control.estop or timed_out or self.act_estop else self.latest)
 
-    def _reset(self) -> None:
-        obs, _ = self.env.reset(seed=None if self.seeded else self.seed)
-        self.seeded = True
-        self.need_reset = False
-        self.episode += 1
-        self.ep_return, self.ep_len = 0.0, 0
-        self._send_obs(obs, 0.0, int(ObsFlag.RESET))
-
-    def _send_obs(self, obs, reward: float, flags: int) -> None:
-        frame = self.enc.obs(np.ravel(obs), reward, flags=flags, episode=self.episode, step=self.ep_len)
+    def _send_observation(self) -> None:
+        r = self.robot
+        frame = self.enc.obs(
+            r.obs[0], r.rewards[0], flags=int(r.flags[0]), episode=int(r.slot_episode[0]), step=int(r.slot_step[0])
+        )
         seq = self.enc.last_seq
-        self.obs_seq_by_step[seq] = self.steps
+        if r.flags[0] & ENDED:
+            self.terminal_seq = seq
+        self.obs_seq_by_step[seq] = r.steps
         self.obs_seq_by_step.pop(seq - 64, None)  # only recent OBS can be answered in time
         self.stream.send(frame)  # conflated and non-blocking: with no controller it is dropped
-
-    def _abandon_episode(self) -> None:
-        if self.ep_len:
-            self.aborted += 1
-            self.ep_len = 0
 
     def lag_summary(self) -> dict[str, float]:
         lags = self.lags[: min(self.lag_count, len(self.lags))]
@@ -411,12 +356,7 @@ def format_realtime_result(result: RealtimeServeResult) -> str:
         f"{result.env_id} (real-time, {result.rate_hz:g} Hz): stopped: {result.stop_reason} ({result.detail}); "
         f"{result.steps} steps"
     ]
-    if result.episodes:
-        rets = np.array(result.returns)
-        lines.append(
-            f"episodes: {len(rets)}, return mean {rets.mean():.2f} (min {rets.min():.2f}, max {rets.max():.2f})"
-            + (f", {result.aborted_episodes} aborted" if result.aborted_episodes else "")
-        )
+    lines += episodes_line(result.returns, result.aborted_episodes)
     lines.append(
         f"ACTs: {result.acts} received, {result.held_steps} steps held the previous one, "
         f"{result.safe_steps} safe steps ({result.safe_events} time(s) gone safe), "
