@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from policyrt import contract
+
 
 @dataclass
 class DriftReport:
@@ -85,7 +87,7 @@ def recorded_inputs(bundle):
     from policyrt.runtime.verify import parity_inputs
 
     inputs = parity_inputs(bundle.parity())
-    return inputs["obs"][:, 0], inputs["reward"][:, 0], inputs["reset"][:, 0], inputs["prev_action"][:, 0]
+    return tuple(inputs[name][:, 0] for name in (contract.OBS, contract.REWARD, contract.RESET, contract.PREV_ACTION))
 
 
 def drift_curve(session, reference, obs, reward, resets, prev_actions, target_return: float, source: str,

@@ -1,4 +1,4 @@
-"""Checks on an exported step graph: the I/O contract and DESIGN.md's lean-graph rules."""
+"""Checks on an exported step graph: the I/O contract of policyrt/contract.py and the lean-graph rules below."""
 
 from __future__ import annotations
 

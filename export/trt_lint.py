@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from policyrt import contract
+
 from .trt_ops import (
     CHECKED_RESTRICTIONS,
     CONSTANT_AFTER_LIFT,
@@ -192,7 +194,7 @@ def _check_io(g: _Graph, add) -> None:
         elif dtype is not None and dtype not in IO_TYPES:
             add(Finding("error", "io-dtype", name, f"{kind} is {dtype}: no TensorRT binding the host can fill "
                         f"(I/O must be one of {', '.join(sorted(IO_TYPES))})"))
-        if name.startswith("state.") and dtype == "FP16":
+        if contract.is_state(name) and dtype == "FP16":
             add(Finding("warning", "state-fp16", name, "state tensor stored in fp16: keep recurrent state fp32 "
                         "(the exp/max stabilizer and the accumulated C, n are sensitive)"))
         if shape is None:

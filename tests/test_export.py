@@ -43,6 +43,28 @@ def test_graph_check_flags_scatter_and_int64_io():
     assert "ScatterND" in text and "int64" in text and "missing input 'reset'" in text
 
 
+def test_graph_check_holds_state_tensors_to_the_state_table():
+    from onnx import TensorProto, helper
+
+    from policyrt import contract
+    from policyrt.contract import StateTensor
+
+    states = [StateTensor("t", (4,), dtype="int32")]
+    onnx_types = {"float32": TensorProto.FLOAT, "bool": TensorProto.BOOL, "int32": TensorProto.INT32}
+    io = contract.step_io(states)
+    values = {n: helper.make_tensor_value_info(n, onnx_types[t.dtype.name], ["batch", *t.shape(3, 2)])
+              for n, t in io.items()}
+    values["state.t.next"] = helper.make_tensor_value_info("state.t.next", TensorProto.FLOAT, ["batch", 4])
+    nodes = [helper.make_node("Identity", ["prev_action"], ["action"]),
+             helper.make_node("Cast", ["state.t"], ["state.t.next"], to=TensorProto.FLOAT)]
+    graph = helper.make_graph(nodes, "g", [values[n] for n in contract.input_names(states)],
+                              [values[n] for n in contract.output_names(states)])
+    problems = check_step_graph(helper.make_model(graph), states).problems
+    assert problems == ["output 'state.t.next' is float32, contract says int32"]
+    assert check_step_graph(helper.make_model(graph), [StateTensor("t", (4,))]).problems == [
+        "input 'state.t' is int32, contract says float32"]
+
+
 def test_parity_json_records_a_rollout_with_mid_episode_resets(tiny_bundle):
     from policyrt.arrays import decode_array
 
