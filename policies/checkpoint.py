@@ -30,12 +30,13 @@ def load_checkpoint(path: Path):
         if not (path / name).is_file():
             raise FileNotFoundError(f"checkpoint {path} has no {name}")
     doc = json.loads((path / "config.json").read_text())
-    from .kinds import KINDS, config_class, policy_class
+    from .kinds import config_class, policy_class
 
-    kind = doc.get("kind")
-    if kind not in KINDS:
-        raise ValueError(f"{path}/config.json: unsupported policy kind {kind!r} (supported: {', '.join(KINDS)})")
-    policy = policy_class(kind)(config_class(kind).from_dict(doc["config"]))
+    try:
+        config = config_class(doc.get("kind")).from_dict(doc["config"])
+    except ValueError as err:
+        raise ValueError(f"{path}/config.json: {err}") from err
+    policy = policy_class(config.kind)(config)
     state = load_file(str(path / "model.safetensors"))
     missing, unexpected = policy.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -31,7 +31,7 @@ def import_hf_dt(path: Path, options: dict):
         raise ImportRefused(f"{config_file}: model_type {hf.get('model_type')!r} is not decision_transformer")
     if hf.get("add_cross_attention"):
         raise ImportRefused(f"{config_file}: add_cross_attention=true has no meaning for a DT policy")
-    weights = _load_weights(path)
+    weights = load_weights(path)
     fields = {
         "obs_dim": _required(hf, "state_dim", config_file),
         "act_dim": _required(hf, "act_dim", config_file),
@@ -53,7 +53,7 @@ def import_hf_dt(path: Path, options: dict):
 
 def import_dt_original(path: Path, options: dict):
     """A state dict saved from the original repository's `DecisionTransformer` (.pt/.pth/.safetensors)."""
-    weights = _load_weights(path)
+    weights = load_weights(path)
     prefix = "transformer."
     layers = sorted({int(k.split(".")[2]) for k in weights if k.startswith(prefix + "h.")})
     if not layers:
@@ -171,7 +171,7 @@ def _shape(weights: dict, key: str, where: Path) -> tuple[int, ...]:
     return tuple(weights[key].shape)
 
 
-def _load_weights(path: Path) -> dict:
+def load_weights(path: Path) -> dict:
     import torch
 
     candidates = [path] if path.is_file() else [path / "model.safetensors", path / "pytorch_model.bin"]

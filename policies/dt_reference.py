@@ -3,10 +3,13 @@
 It keeps the whole episode history, takes the last K timesteps, left-pads them with zeros, masks the
 padding, calls the model's own forward and reads the last action; return-to-go starts at
 target/scale and drops by reward/scale each step; timesteps are clamped to max_ep_len - 1 (the
-original would raise past it). `policyrt compare` and the tests check bundles against it.
+original would raise past it). `policyrt compare` and the tests check bundles against it; the two
+functions at the end are its `--from hf-dt` / `--from dt-original` references (kinds.REFERENCES).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -52,3 +55,53 @@ class ReferenceDT:
             )
         raw = out[1][0, -1].numpy() if isinstance(out, tuple) else out.action_preds[0, -1].numpy()
         return self.center + self.half * raw
+
+
+def hf_model_from_dt_config(config, weights: dict):
+    """A transformers DecisionTransformerModel with `config`'s architecture and the given HF-layout weights."""
+    from transformers import DecisionTransformerConfig, DecisionTransformerModel
+
+    model = DecisionTransformerModel(
+        DecisionTransformerConfig(
+            state_dim=config.obs_dim, act_dim=config.act_dim, hidden_size=config.hidden_size,
+            n_layer=config.n_layer, n_head=config.n_head, n_inner=config.n_inner,
+            activation_function=config.activation_function, max_ep_len=config.max_ep_len,
+            n_positions=config.n_positions, layer_norm_epsilon=config.layer_norm_epsilon,
+            scale_attn_weights=config.scale_attn_weights,
+            scale_attn_by_inverse_layer_idx=config.scale_attn_by_inverse_layer_idx, action_tanh=config.action_tanh,
+        )
+    ).eval()
+    model.load_state_dict(weights, strict=False)
+    return model
+
+
+def hf_dt_reference(source: Path, manifest) -> ReferenceDT:
+    """A `DecisionTransformerModel.save_pretrained` directory, run by transformers itself."""
+    from transformers import DecisionTransformerModel
+
+    return _evaluation_loop(DecisionTransformerModel.from_pretrained(str(source)).eval(), manifest)
+
+
+def dt_original_reference(source: Path, manifest) -> ReferenceDT:
+    """An original-repository state dict, in transformers' model (whose position table it lacks: zeros)."""
+    from .dt_import import load_weights
+
+    weights = {k.replace("transformer.", "encoder.", 1): v for k, v in load_weights(source).items()}
+    model = hf_model_from_dt_config(_config(manifest), weights)
+    model.encoder.wpe.weight.data.zero_()  # the original architecture has no position embedding
+    return _evaluation_loop(model, manifest)
+
+
+def _config(manifest):
+    from .dt_config import DTPolicyConfig
+
+    return DTPolicyConfig.from_dict(manifest.raw["policy"]["config"])
+
+
+def _evaluation_loop(model, manifest) -> ReferenceDT:
+    """`model` in the reference loop, with the normalization, bounds and scales the bundle records."""
+    cfg = _config(manifest)
+    mean = np.asarray(cfg.obs_mean, np.float32) if cfg.obs_mean else None
+    std = np.asarray(cfg.obs_std, np.float32) if cfg.obs_std else None
+    bounds = (cfg.action_low, cfg.action_high) if cfg.action_tanh else (None, None)
+    return ReferenceDT(model, cfg.obs_dim, cfg.act_dim, cfg.context, cfg.return_scale, cfg.max_ep_len, mean, std, *bounds)

@@ -3,20 +3,14 @@
 Each importer takes the source path and an options dict (the CLI's --context, --return-scale,
 --target-return, --obs-mean/--obs-std arrays, --action-low/--action-high; None where not given),
 refuses with a message naming the field whatever it cannot infer, and records what it assumed under
-`doc["import"]`, which the bundle manifest keeps.
+`doc["import"]`, which the bundle manifest keeps. The names are kinds.IMPORTERS.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
-# --from NAME -> "module:function" inside policyrt.policies
-IMPORTERS = {
-    "hf-dt": "dt_import:import_hf_dt",
-    "dt-original": "dt_import:import_dt_original",
-    "xlstm-stack": "xlstm_import:import_xlstm_stack",
-}
+from .kinds import IMPORTERS, resolve
 
 
 class ImportRefused(ValueError):
@@ -26,6 +20,4 @@ class ImportRefused(ValueError):
 def run_importer(name: str, source: Path, options: dict):
     if name not in IMPORTERS:
         raise ImportRefused(f"unknown --from {name!r}; available: {', '.join(IMPORTERS)}")
-    module, function = IMPORTERS[name].split(":")
-    importer = getattr(importlib.import_module(f"policyrt.policies.{module}"), function)
-    return importer(Path(source), options)
+    return resolve(IMPORTERS[name])(Path(source), options)

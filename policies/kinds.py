@@ -1,43 +1,76 @@
-"""Policy kinds by name: the policy class, its config class and its export step form.
+"""The name registries of policyrt's policies, one per role; the CLI's choices come from them.
 
-Everything that turns a checkpoint into a step module (export, the torch backend, benchmarks) goes
-through here, so a new kind is added in one place. Classes are imported on demand.
+- `KINDS`: a policy kind (the `kind` of a checkpoint's config.json and a bundle manifest) -> its parts:
+  config (a `PolicyConfig`), the PyTorch policy, the export step form, and the trainer's arguments (a
+  `TrainArgs`, None for a kind that is only imported). `policyrt train` offers every kind with a trainer.
+- `IMPORTERS`: `policyrt export --from NAME` -> the importer of a policy trained elsewhere (importers.py).
+- `REFERENCES`: `policyrt compare --from NAME` -> what rebuilds the original model (references.py).
+
+Every entry is "module:attribute" inside policyrt.policies, imported only when used: this module is
+standard library only, so the CLI reads the names without loading torch. A new kind is its own
+modules plus one `KINDS` line (and one line in the other registries for an importer or a reference).
 """
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 
-# kind -> role -> "module:attribute" inside policyrt.policies
+
+@dataclass(frozen=True)
+class PolicyKind:
+    config: str
+    policy: str
+    step: str
+    train_args: str | None = None
+
+
 KINDS = {
-    "xlstm": {
-        "policy": "xlstm_policy:XLSTMPolicy",
-        "config": "xlstm_config:XLSTMPolicyConfig",
-        "step": "xlstm_step:XLSTMStep",
-    },
-    "dt": {
-        "policy": "dt_policy:DTPolicy",
-        "config": "dt_config:DTPolicyConfig",
-        "step": "dt_step:DTStep",
-    },
+    "xlstm": PolicyKind("xlstm_config:XLSTMPolicyConfig", "xlstm_policy:XLSTMPolicy", "xlstm_step:XLSTMStep",
+                        "train_xlstm:TrainXLSTMArgs"),
+    "dt": PolicyKind("dt_config:DTPolicyConfig", "dt_policy:DTPolicy", "dt_step:DTStep", "train_dt:TrainDTArgs"),
+}
+
+IMPORTERS = {
+    "hf-dt": "dt_import:import_hf_dt",
+    "dt-original": "dt_import:import_dt_original",
+    "xlstm-stack": "xlstm_import:import_xlstm_stack",
+}
+
+REFERENCES = {
+    "checkpoint": "references:checkpoint_reference",
+    "hf-dt": "dt_reference:hf_dt_reference",
+    "dt-original": "dt_reference:dt_original_reference",
+    "xlstm-stack": "xlstm_reference:package_reference",
 }
 
 
-def _attr(kind: str, role: str):
-    if kind not in KINDS:
-        raise ValueError(f"unsupported policy kind {kind!r} (supported: {', '.join(KINDS)})")
-    module, name = KINDS[kind][role].split(":")
+def entry(registry: dict, name: str, what: str):
+    """registry[name], or a ValueError naming `what` was asked for and what there is."""
+    if name not in registry:
+        raise ValueError(f"unsupported {what} {name!r} (supported: {', '.join(registry)})")
+    return registry[name]
+
+
+def resolve(target: str):
+    """"module:attribute" inside policyrt.policies -> the attribute (the module imported now)."""
+    module, name = target.split(":")
     return getattr(importlib.import_module(f"policyrt.policies.{module}"), name)
 
 
 def policy_class(kind: str):
-    return _attr(kind, "policy")
+    return resolve(entry(KINDS, kind, "policy kind").policy)
 
 
 def config_class(kind: str):
-    return _attr(kind, "config")
+    return resolve(entry(KINDS, kind, "policy kind").config)
+
+
+def train_args_classes() -> dict:
+    """kind -> its trainer's `TrainArgs` class, for every kind that has a trainer."""
+    return {kind: resolve(parts.train_args) for kind, parts in KINDS.items() if parts.train_args}
 
 
 def make_step(policy):
     """The export-friendly step module of `policy` (eval mode), whatever its kind."""
-    return _attr(policy.config.kind, "step")(policy).eval()
+    return resolve(entry(KINDS, policy.config.kind, "policy kind").step)(policy).eval()

@@ -8,7 +8,9 @@ sLSTM blocks.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
+
+from .policy_config import PolicyConfig
 
 ACTION_SQUASHES = ("tanh", "none")
 FEEDFORWARD_ACTIVATIONS = ("gelu", "relu", "relu^2", "sigmoid", "swish", "selu")  # xlstm's _act_fn_registry
@@ -40,23 +42,10 @@ class SLSTMBlockSpec:
     feedforward: FeedForwardSpec | None = None
     """The block's gated feed-forward part after the sLSTM layer; None: none."""
 
-    @classmethod
-    def from_dict(cls, data: dict) -> SLSTMBlockSpec:
-        data = _known_fields(cls, data, "slstm_block")
-        if data.get("feedforward") is not None:
-            data["feedforward"] = FeedForwardSpec(**_known_fields(FeedForwardSpec, data["feedforward"], "slstm_block.feedforward"))
-        return cls(**data)
-
 
 @dataclass(frozen=True)
-class XLSTMPolicyConfig:
-    obs_dim: int
-    act_dim: int
-    action_low: tuple[float, ...]
-    action_high: tuple[float, ...]
-    obs_mean: tuple[float, ...] = ()
-    """Observation normalization; empty means zeros (mean) and ones (std)."""
-    obs_std: tuple[float, ...] = ()
+class XLSTMPolicyConfig(PolicyConfig):
+    kind: str = "xlstm"
     embedding_dim: int = 128
     num_blocks: int = 4
     num_heads: int = 4
@@ -78,21 +67,11 @@ class XLSTMPolicyConfig:
     add_post_blocks_norm: bool = True
     context_length: int = 256
     """Longest sequence the parallel (training) form sees; the step form has no such limit."""
-    return_scale: float = 1000.0
-    """Return-to-go is divided by this before it enters the token."""
-    target_return: float = 1000.0
-    """Default commanded return at reset (the step graph's `target_return` input overrides it)."""
     action_squash: str = "tanh"
     """"tanh": action = tanh(head) scaled into the bounds; "none": action = head (imported linear heads)."""
-    kind: str = field(default="xlstm")
 
     def __post_init__(self):
-        if len(self.action_low) != self.act_dim or len(self.action_high) != self.act_dim:
-            raise ValueError(f"action bounds must have act_dim={self.act_dim} entries")
-        for name in ("obs_mean", "obs_std"):
-            value = getattr(self, name)
-            if value and len(value) != self.obs_dim:
-                raise ValueError(f"{name} has {len(value)} entries, obs_dim is {self.obs_dim}")
+        super().__post_init__()
         if any(i >= self.num_blocks for i in self.slstm_at):
             raise ValueError(f"slstm_at {self.slstm_at} names a block >= num_blocks={self.num_blocks}")
         if self.action_squash not in ACTION_SQUASHES:
@@ -105,19 +84,6 @@ class XLSTMPolicyConfig:
     @property
     def slstm_spec(self) -> SLSTMBlockSpec:
         return self.slstm_block or SLSTMBlockSpec(num_heads=self.num_heads, conv1d_kernel_size=self.conv1d_kernel_size)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> XLSTMPolicyConfig:
-        known = _known_fields(cls, data, "xLSTM policy config")
-        for key in ("action_low", "action_high", "obs_mean", "obs_std", "slstm_at"):
-            if key in known:
-                known[key] = tuple(known[key])
-        if known.get("slstm_block") is not None:
-            known["slstm_block"] = SLSTMBlockSpec.from_dict(known["slstm_block"])
-        return cls(**known)
 
     def stack_config(self):
         """The equivalent `xlstm.xLSTMBlockStackConfig` (the package owns the block parameter layout)."""
@@ -174,9 +140,3 @@ class XLSTMPolicyConfig:
             slstm_at=list(self.slstm_at),
         )
 
-
-def _known_fields(cls, data: dict, what: str) -> dict:
-    unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"unknown {what} field(s): {', '.join(unknown)}")
-    return dict(data)

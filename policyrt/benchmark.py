@@ -87,7 +87,7 @@ def hf_dt_eager_stepper(bundle_path):
     import torch
 
     from policyrt.policies.checkpoint import load_checkpoint
-    from policyrt.policies.references import hf_model_from_dt_config
+    from policyrt.policies.dt_reference import hf_model_from_dt_config
 
     torch.set_num_threads(1)
     policy, _ = load_checkpoint(bundle_path / "reference")

@@ -15,7 +15,8 @@ pytest.importorskip("xlstm")
 pytest.importorskip("onnxruntime")
 
 from policyrt.policies.importers import ImportRefused  # noqa: E402
-from policyrt.policies.xlstm_import import PackageStackReference, import_xlstm_stack  # noqa: E402
+from policyrt.policies.xlstm_import import import_xlstm_stack  # noqa: E402
+from policyrt.policies.xlstm_reference import PackageStackReference  # noqa: E402
 
 NO_OPTIONS = {k: None for k in ("context", "return_scale", "target_return", "obs_mean", "obs_std", "action_low", "action_high")}
 
@@ -278,7 +279,7 @@ def test_package_reference_for_compare_is_the_source_model(tmp_path):
     """`package_reference` (what `policyrt compare --reference` runs) rebuilds the source model itself."""
     from policyrt.bundle import open_bundle
     from policyrt.export.bundle_export import export_policy
-    from policyrt.policies.xlstm_import import package_reference
+    from policyrt.policies.xlstm_reference import package_reference
 
     name = "slstm+mlstm+slstm, CUDA layout, inputs reordered/subset, linear head"
     source, reference = make_case(tmp_path, name, seed=4)

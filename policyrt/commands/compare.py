@@ -8,6 +8,8 @@ import sys
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    from policyrt.policies.kinds import REFERENCES
+
     p = subparsers.add_parser(
         "compare",
         help="run the original model beside the bundle and show the drift over steps",
@@ -22,7 +24,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("bundle", help="bundle directory or .tar")
     p.add_argument("--reference", required=True, metavar="SOURCE", help="the original model (directory or file)")
     p.add_argument("--from", dest="reference_kind", default="checkpoint",
-                   choices=["checkpoint", "hf-dt", "dt-original", "xlstm-stack"], help="what SOURCE is")
+                   choices=list(REFERENCES), help="what SOURCE is")
     p.add_argument("--inputs", choices=["random", "recorded"], default="random", help="input series (default random)")
     p.add_argument("--steps", type=int, default=1000, help="steps of random inputs (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")

@@ -17,6 +17,9 @@ must be given on the command line, and what it assumed is written into the manif
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    from policyrt.policies.dt_config import ACTIVATIONS
+    from policyrt.policies.kinds import IMPORTERS
+
     p = subparsers.add_parser(
         "export",
         help="export a checkpoint (or import a foreign model) to a bundle",
@@ -29,7 +32,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("source", help="policyrt checkpoint directory, or the model to import with --from")
     p.add_argument("--from", dest="source_format", default="checkpoint",
-                   choices=["checkpoint", "hf-dt", "dt-original", "xlstm-stack"],
+                   choices=["checkpoint", *IMPORTERS],
                    help="what SOURCE is (default: a policyrt checkpoint)")
     p.add_argument("--out", required=True, help="bundle directory to write (NAME.policy)")
     p.add_argument("--name", help="bundle name (default: from --out)")
@@ -44,7 +47,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     imp.add_argument("--action-low", type=float, nargs="+", metavar="V", help="action lower bounds")
     imp.add_argument("--action-high", type=float, nargs="+", metavar="V", help="action upper bounds")
     imp.add_argument("--n-head", type=int, help="attention heads (dt-original: not stored in a state dict)")
-    imp.add_argument("--activation", choices=["relu", "gelu_new", "gelu"], help="dt-original MLP activation (default relu)")
+    imp.add_argument("--activation", choices=ACTIVATIONS, help="dt-original MLP activation (default relu)")
     p.set_defaults(handler=handle)
     return p
 

@@ -1,4 +1,5 @@
-"""`policyrt train {xlstm,dt}`: return-conditioned training of a policy on a collected dataset."""
+"""`policyrt train KIND`: return-conditioned training of a policy on a collected dataset; one subcommand
+per kind with a trainer in policies/kinds.py, one flag per field of its `TrainArgs`."""
 
 from __future__ import annotations
 
@@ -11,27 +12,21 @@ from pathlib import Path
 
 
 def _arg_docs(cls) -> dict[str, str]:
-    """Field docstrings (the string literal under each field) become --help text."""
+    """Field docstrings (the string literal under each field) become --help text; a subclass's own
+    docstring of a field it redeclares replaces its base class's."""
     import ast
     import inspect
 
-    docs, last = {}, None
-    for node in ast.parse(inspect.getsource(cls)).body[0].body:
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            last = node.target.id
-        elif isinstance(node, ast.Expr) and isinstance(getattr(node, "value", None), ast.Constant) and last:
-            docs[last] = str(node.value.value)
-            last = None
+    docs = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        last = None
+        for node in ast.parse(inspect.getsource(klass)).body[0].body:
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                last = node.target.id
+            elif isinstance(node, ast.Expr) and isinstance(getattr(node, "value", None), ast.Constant) and last:
+                docs[last] = str(node.value.value)
+                last = None
     return docs
-
-
-# kind -> (module in policyrt.policies, args dataclass, help, description)
-TRAINERS = {
-    "xlstm": ("train_xlstm", "TrainXLSTMArgs", "xLSTM policy, return-conditioned, on episode windows",
-              "Return-conditioned training of the xLSTM policy (return-to-go in every token)."),
-    "dt": ("train_dt", "TrainDTArgs", "Decision Transformer, return-conditioned, on K-step windows",
-           "Return-conditioned Decision Transformer training (left-padded K windows)."),
-}
 
 
 def _plain(hint):
@@ -40,27 +35,16 @@ def _plain(hint):
     return args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1 else hint
 
 
-# Fields with a fixed set of values (argparse lists them in --help and refuses others by name).
-CHOICES = {"labels": ("auto", "applied", "behaviour", "expert")}
-
-
-def _trainer(kind: str):
-    import importlib
-
-    module_name, args_name = TRAINERS[kind][:2]
-    module = importlib.import_module(f"policyrt.policies.{module_name}")
-    return module, getattr(module, args_name)
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    from policyrt.policies.kinds import train_args_classes
+
     p = subparsers.add_parser("train", help="train a policy on a dataset", description="Train a policy.")
     kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
-    for kind, (_, _, help_text, description) in TRAINERS.items():
-        _, args_class = _trainer(kind)
+    for kind, args_class in train_args_classes().items():
         x = kinds.add_parser(
             kind,
-            help=help_text,
-            description=description + " Progress bar with the loss; Ctrl-C saves the weights reached so far, "
+            help=args_class.help,
+            description=args_class.__doc__ + " Progress bar with the loss; Ctrl-C saves the weights reached so far, "
             "and the checkpoint is also written every --save-every steps.",
             epilog=f"example:\n  policyrt train {kind} --data data/pendulum --out checkpoints/pendulum-{kind}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -71,19 +55,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             flag = "--" + f.name.replace("_", "-")
             if f.default is dataclasses.MISSING:
                 x.add_argument(flag, dest=f.name, type=hints[f.name], required=True, help=docs.get(f.name))
-            else:
-                x.add_argument(flag, dest=f.name, type=hints[f.name], default=f.default, choices=CHOICES.get(f.name),
-                               help=f"{docs.get(f.name, '')} (default {f.default})")
-        x.set_defaults(handler=handle)
+            else:  # a field with fixed values lists them in its metadata: argparse shows them and refuses others
+                x.add_argument(flag, dest=f.name, type=hints[f.name], default=f.default,
+                               choices=f.metadata.get("choices"), help=f"{docs.get(f.name, '')} (default {f.default})")
+        x.set_defaults(handler=handle, args_class=args_class)
     return p
 
 
 def handle(args) -> int:
-    module, args_class = _trainer(args.kind)
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args_class)}
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args.args_class)}
     values["data"], values["out"] = Path(values["data"]), Path(values["out"])
     try:
-        module.train(args_class(**values), command=args.command_line)
+        args.args_class(**values).run(command=args.command_line)
     except (FileNotFoundError, ValueError) as exc:  # a missing or malformed dataset: the message names it
         print(f"policyrt train {args.kind}: {exc}", file=sys.stderr)
         return 2
