@@ -25,8 +25,7 @@ import numpy as np
 
 OBS, PREV_ACTION, REWARD, TARGET_RETURN, RESET = "obs", "prev_action", "reward", "target_return", "reset"
 ACTION = "action"
-FLOAT32, INT32, BOOL = np.dtype(np.float32), np.dtype(np.int32), np.dtype(np.bool_)
-STATE_DTYPES = ("float32", "int32")
+FLOAT32, BOOL = np.dtype(np.float32), np.dtype(np.bool_)
 _STATE_PREFIX, _NEXT_SUFFIX = "state.", ".next"
 
 
@@ -51,7 +50,7 @@ class StateTensor:
 
     name: str
     shape: tuple[int, ...]  # without the batch dimension
-    dtype: str = "float32"  # one of STATE_DTYPES
+    dtype: str = "float32"  # numpy name: float32, or int32 for counters (never int64)
     init: float = 0.0  # every element's value in a fresh (or reset) slot
 
     @property
