@@ -20,9 +20,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from policyrt import contract
 from policyrt.bundle import MANIFEST, Manifest
-from policyrt.runtime.trt_buffers import EngineTensor
+from policyrt.runtime.trt_buffers import EngineTensor, expected_io
 from policyrt.runtime.trt_engines import sanitize
 
 PRECISIONS = ("fp32", "fp16")
@@ -56,8 +55,7 @@ def profile_shapes(manifest: Manifest, max_batch: int, opt_batch: int | None = N
     opt = max_batch if opt_batch is None else opt_batch
     if max_batch < 1 or not 1 <= opt <= max_batch:
         raise ValueError(f"need 1 <= opt batch ({opt}) <= max batch ({max_batch})")
-    rest = {name: t.shape(manifest.obs_dim, manifest.act_dim) for name, t in contract.step_io(manifest.state).items()
-            if t.is_input}
+    rest = {name: shape for name, (is_input, _, shape) in expected_io(manifest).items() if is_input}
     return {name: ((1, *dims), (opt, *dims), (max_batch, *dims)) for name, dims in rest.items()}
 
 
