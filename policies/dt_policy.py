@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .dt_config import DTPolicyConfig
+from .policy_buffers import register_config_buffers
 
 MASK_VALUE = -1e4  # additive attention mask: exp() underflows to exactly 0 in fp32, and stays finite in fp16
 
@@ -113,15 +114,7 @@ class DTPolicy(nn.Module):
         self.predict_state = nn.Linear(h, config.obs_dim)
         self.predict_action = nn.Sequential(nn.Linear(h, config.act_dim), *([nn.Tanh()] if config.action_tanh else []))
         self.predict_return = nn.Linear(h, 1)
-        low = torch.tensor(config.action_low, dtype=torch.float32)
-        high = torch.tensor(config.action_high, dtype=torch.float32)
-        mean = torch.tensor(config.obs_mean or [0.0] * config.obs_dim, dtype=torch.float32)
-        std = torch.tensor(config.obs_std or [1.0] * config.obs_dim, dtype=torch.float32)
-        # Not persistent: part of the config, so the checkpoint holds exactly the Hugging Face keys.
-        self.register_buffer("act_center", (high + low) / 2, persistent=False)
-        self.register_buffer("act_half_range", (high - low) / 2, persistent=False)
-        self.register_buffer("obs_mean", mean, persistent=False)
-        self.register_buffer("obs_std", std, persistent=False)
+        register_config_buffers(self, config)
 
     def normalize_obs(self, obs):
         return (obs - self.obs_mean) / self.obs_std

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .policy_buffers import register_config_buffers
 from .xlstm_config import XLSTMPolicyConfig
 
 
@@ -25,15 +26,7 @@ class XLSTMPolicy(nn.Module):
         # into a plain xLSTMBlockStack.
         self.backbone = xLSTMBlockStack(config.stack_config())
         self.head = nn.Linear(config.embedding_dim, config.act_dim)
-        low = torch.tensor(config.action_low, dtype=torch.float32)
-        high = torch.tensor(config.action_high, dtype=torch.float32)
-        mean = torch.tensor(config.obs_mean or [0.0] * config.obs_dim, dtype=torch.float32)
-        std = torch.tensor(config.obs_std or [1.0] * config.obs_dim, dtype=torch.float32)
-        # Not persistent: they are part of the config, so the checkpoint holds only learned weights.
-        self.register_buffer("act_center", (high + low) / 2, persistent=False)
-        self.register_buffer("act_half_range", (high - low) / 2, persistent=False)
-        self.register_buffer("obs_mean", mean, persistent=False)
-        self.register_buffer("obs_std", std, persistent=False)
+        register_config_buffers(self, config)
 
     def tokens(self, obs, prev_action, reward, return_to_go) -> torch.Tensor:
         """Embed [..., *] inputs into [..., E]; shared verbatim with the step form."""

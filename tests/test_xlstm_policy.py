@@ -74,24 +74,25 @@ def test_checkpoint_backbone_loads_into_xlstm_block_stack_and_matches_its_step(t
     assert (ours - torch.stack(theirs, 1)).abs().max().item() <= 1e-5
 
 
-def test_reset_slot_restarts_only_that_slot():
-    """Slot 1 resets at t=30: from there it must match a fresh rollout of the same inputs."""
-    policy = tiny_policy(seed=4)
+@pytest.mark.parametrize("stack, seeds, steps, reset_at", [("mlstm", (4, 6), 60, 30), ("mlstm+slstm(ffn)", (11, 12), 50, 20)])
+def test_reset_slot_restarts_only_that_slot(stack, seeds, steps, reset_at):
+    """Slot 1 resets at `reset_at`: from there it must match a fresh rollout of the same inputs."""
+    policy = tiny_policy(seed=seeds[0], **({} if stack == "mlstm" else _mixed()))
     step = XLSTMStep(policy).eval()
-    obs, prev_action, reward = rollout_inputs(2, 60, 4, 2, seed=6)
+    obs, prev_action, reward = rollout_inputs(2, steps, 4, 2, seed=seeds[1])
     target = policy.config.target_return
     states = step.initial_states(2)
     outs = []
     with torch.no_grad():
-        for t in range(60):
-            reset = torch.tensor([t == 0, t in (0, 30)])
+        for t in range(steps):
+            reset = torch.tensor([t == 0, t in (0, reset_at)])
             action, *states = step(obs[:, t], prev_action[:, t], reward[:, t], torch.full((2,), target), reset, *states)
             outs.append(action)
     both = torch.stack(outs, 1)
-    fresh, _ = step_rollout(step, obs[1:, 30:], prev_action[1:, 30:], reward[1:, 30:], target)
+    fresh, _ = step_rollout(step, obs[1:, reset_at:], prev_action[1:, reset_at:], reward[1:, reset_at:], target)
     undisturbed, _ = step_rollout(step, obs[:1], prev_action[:1], reward[:1], target)
-    np.testing.assert_allclose(both[1, 30:].numpy(), fresh[0].numpy(), atol=1e-5)  # batch 2 vs batch 1 kernels round differently
-    np.testing.assert_allclose(both[0].numpy(), undisturbed[0].numpy(), atol=1e-5)  # batch 2 vs batch 1 kernels round differently
+    np.testing.assert_allclose(both[1, reset_at:].numpy(), fresh[0].numpy(), atol=1e-5)  # batch 2 vs batch 1 kernels round differently
+    np.testing.assert_allclose(both[0].numpy(), undisturbed[0].numpy(), atol=1e-5)
 
 
 def test_config_refuses_bounds_of_wrong_length():
@@ -165,25 +166,6 @@ def test_step_form_matches_the_packages_step_with_slstm_blocks(name):
             assert close(named[f"block{i}.{key}"], hcnm[k]), key
         if f"block{i}.conv" in named:
             assert close(named[f"block{i}.conv"], state[f"block_{i}"]["conv_state"][0])
-
-
-def test_slstm_reset_slot_restarts_only_that_slot():
-    policy = tiny_policy(seed=11, **_mixed())
-    step = XLSTMStep(policy).eval()
-    obs, prev_action, reward = rollout_inputs(2, 50, 4, 2, seed=12)
-    target = policy.config.target_return
-    states = step.initial_states(2)
-    outs = []
-    with torch.no_grad():
-        for t in range(50):
-            reset = torch.tensor([t == 0, t in (0, 20)])
-            action, *states = step(obs[:, t], prev_action[:, t], reward[:, t], torch.full((2,), target), reset, *states)
-            outs.append(action)
-    both = torch.stack(outs, 1)
-    fresh, _ = step_rollout(step, obs[1:, 20:], prev_action[1:, 20:], reward[1:, 20:], target)
-    undisturbed, _ = step_rollout(step, obs[:1], prev_action[:1], reward[:1], target)
-    np.testing.assert_allclose(both[1, 20:].numpy(), fresh[0].numpy(), atol=1e-5)
-    np.testing.assert_allclose(both[0].numpy(), undisturbed[0].numpy(), atol=1e-5)
 
 
 def test_mlstm_block_with_a_feedforward_part_matches_the_packages_block_step():

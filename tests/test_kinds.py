@@ -1,0 +1,101 @@
+"""Policy kinds: the stored config layouts load, the registries are what the CLI offers, every trainer
+argument is documented."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from policyrt.cli import build_parser
+from policyrt.policies.kinds import IMPORTERS, KINDS, REFERENCES, config_class, train_args_classes
+
+BUNDLES = sorted((Path(__file__).parent.parent / "bundles").glob("*.policy"))
+
+
+def stored_configs():
+    """(where, kind, config dict) of every shipped manifest and the checkpoint inside its bundle."""
+    for bundle in BUNDLES:
+        policy = json.loads((bundle / "manifest.json").read_text())["policy"]
+        yield f"{bundle.name}/manifest.json", policy["kind"], policy["config"]
+        doc = json.loads((bundle / "reference" / "config.json").read_text())
+        yield f"{bundle.name}/reference/config.json", doc["kind"], doc["config"]
+
+
+@pytest.mark.parametrize("where, kind, stored", list(stored_configs()), ids=lambda v: v if isinstance(v, str) else "")
+def test_shipped_configs_load_and_write_back_the_same_values(where, kind, stored):
+    config = config_class(kind).from_dict(stored)
+    assert config.kind == kind
+    assert json.loads(json.dumps(config.to_dict())) == stored, where
+
+
+def test_both_kinds_are_shipped():
+    assert {kind for _, kind, _ in stored_configs()} == set(KINDS)
+
+
+def test_a_layout_from_before_newer_fields_loads_with_their_defaults():
+    """xLSTM configs written before slstm_block / proj_bias / action_squash existed (their keys absent)."""
+    _, _, stored = next(s for s in stored_configs() if s[1] == "xlstm")
+    old = {k: v for k, v in stored.items() if k not in ("slstm_block", "proj_bias", "action_squash")}
+    config = config_class("xlstm").from_dict(old)
+    assert (config.slstm_block, config.proj_bias, config.action_squash) == (None, False, "tanh")
+    assert config.slstm_spec.num_heads == config.num_heads  # the old layout's sLSTM blocks: the flat fields
+
+
+def test_unknown_fields_and_a_foreign_kind_are_refused_by_name():
+    _, _, stored = next(s for s in stored_configs() if s[1] == "dt")
+    with pytest.raises(ValueError, match="unknown dt policy config field.*: wte_size"):
+        config_class("dt").from_dict({**stored, "wte_size": 3})
+    with pytest.raises(ValueError, match="unknown xlstm policy config field.*hidden_size"):
+        config_class("xlstm").from_dict(stored)
+    with pytest.raises(ValueError, match="kind 'xlstm' does not match DTPolicyConfig"):
+        config_class("dt").from_dict({**stored, "kind": "xlstm"})
+    with pytest.raises(ValueError, match=r"unsupported policy kind 'mamba' \(supported: xlstm, dt\)"):
+        config_class("mamba")
+
+
+def test_lists_come_back_as_tuples_and_nested_specs_as_dataclasses():
+    from policyrt.policies.xlstm_config import FeedForwardSpec, SLSTMBlockSpec
+
+    config = config_class("xlstm")(obs_dim=2, act_dim=1, action_low=(-1.0,), action_high=(1.0,), num_blocks=2,
+                                   slstm_at=(1,), slstm_block=SLSTMBlockSpec(feedforward=FeedForwardSpec(act_fn="relu")))
+    again = config_class("xlstm").from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config and isinstance(again.slstm_at, tuple)
+    with pytest.raises(ValueError, match=r"unknown slstm_block\.feedforward field.*: gate"):
+        config_class("xlstm").from_dict({**config.to_dict(), "slstm_block": {"feedforward": {"gate": 1}}})
+
+
+def test_the_cli_offers_what_the_registries_hold(monkeypatch):
+    """A kind, an importer or a reference is one registry line: the CLI's choices follow."""
+    monkeypatch.setitem(KINDS, "dt-copy", KINDS["dt"])
+    monkeypatch.setitem(IMPORTERS, "hf-dt-copy", IMPORTERS["hf-dt"])
+    monkeypatch.setitem(REFERENCES, "hf-dt-copy", REFERENCES["hf-dt"])
+    parser = build_parser()
+    args = parser.parse_args(["train", "dt-copy", "--data", "d", "--out", "o", "--context", "7"])
+    assert (args.context, args.steps, args.args_class) == (7, 2500, train_args_classes()["dt"])
+    assert parser.parse_args(["export", "src", "--from", "hf-dt-copy", "--out", "x"]).source_format == "hf-dt-copy"
+    assert parser.parse_args(["compare", "b", "--reference", "r", "--from", "hf-dt-copy"]).reference_kind == "hf-dt-copy"
+    for words in (["export", "src", "--from", "onnx", "--out", "x"], ["compare", "b", "--reference", "r", "--from", "onnx"],
+                  ["train", "mamba", "--data", "d", "--out", "o"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(words)
+
+
+def test_every_trainer_argument_has_help_and_its_own_defaults():
+    from policyrt.commands.train import _arg_docs
+
+    for kind, args_class in train_args_classes().items():
+        docs = _arg_docs(args_class)
+        for field in dataclasses.fields(args_class):
+            assert docs.get(field.name), f"{kind}: field {field.name} has no docstring (its --help)"
+            if field.name not in ("data", "out"):
+                assert field.default is not dataclasses.MISSING, f"{kind}: {field.name} has no default"
+        assert args_class.help and args_class.__doc__
+
+
+def test_labels_outside_the_choices_are_refused_by_argparse(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "xlstm", "--data", "d", "--out", "o", "--labels", "clean"])
+    assert "invalid choice: 'clean' (choose from" in capsys.readouterr().err
