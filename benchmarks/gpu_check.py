@@ -179,23 +179,16 @@ def differences(actions, state, ref_actions, ref_state) -> dict:
 
 def check_parity(name: str, args) -> dict:
     """parity.json on the backend (the CPU recording), then a wider rollout against the CPU backend."""
-    from policyrt.arrays import decode_array
     from policyrt.bundle import open_bundle
     from policyrt.runtime.torch_backend import TorchBackend
-    from policyrt.runtime.verify import VerifyReport, compare, parity_inputs, replay
+    from policyrt.runtime.verify import parity_inputs, parity_report
 
     bundle = open_bundle(BUNDLES[name])
     graphs = args.device == "cuda"
     parity = bundle.parity()
     inputs = parity_inputs(parity)
-    steps, batch = inputs["obs"].shape[:2]
-    backend = make_backend(bundle, batch, args.device, graphs)
-    actions, final = replay(backend, inputs), backend.state()
-    report = VerifyReport(backend=backend.name, steps=steps, batch=batch, tolerance=TOLERANCE)
-    report.outputs.append(compare("action", actions, decode_array(parity["reference"]["action"]), TOLERANCE))
-    for key, doc in parity["reference"]["final_state"].items():
-        report.outputs.append(compare(f"state.{key} (final)", final[key][None], decode_array(doc)[None], TOLERANCE,
-                                      size_scaled=True))
+    backend = make_backend(bundle, inputs["obs"].shape[1], args.device, graphs)
+    report = parity_report(backend, parity, inputs, TOLERANCE)
     result = {"parity_json": {**report.to_dict(), "captured": backend.captured}}
     backend.close()
 

@@ -128,6 +128,21 @@ def compare(name: str, got: np.ndarray, want: np.ndarray, tolerance: float, size
     )
 
 
+def parity_report(backend, parity: dict, inputs: dict[str, np.ndarray], tolerance: float) -> VerifyReport:
+    """Replay parity.json's `inputs` on `backend` (sized for its batch); every action and the final state
+    compared with the recorded reference."""
+    steps, batch = inputs[contract.OBS].shape[:2]
+    actions = replay(backend, inputs)
+    final = backend.state()
+    reference = parity["reference"]
+    report = VerifyReport(backend=backend.name, steps=steps, batch=batch, tolerance=tolerance)
+    report.outputs.append(compare("action", actions, decode_array(reference["action"]), tolerance))
+    for name, doc in reference["final_state"].items():
+        report.outputs.append(compare(f"{contract.state_name(name)} (final)", final[name][None], decode_array(doc)[None],
+                                      tolerance, size_scaled=True))
+    return report
+
+
 def default_tolerance(backend, parity: dict) -> float:
     """parity.json's tolerance for the CPU backends; GPU backends as issue 6 sets them: fp32 kernels on a
     GPU (TF32 off) reorder reductions, so 1e-4; TensorRT fp16 engines by their documented bound."""
@@ -152,18 +167,10 @@ def verify_backend(bundle: Bundle, backend_name: str = "onnxruntime", tolerance:
         options.setdefault("require_verified", False)
     parity = bundle.parity()
     inputs = parity_inputs(parity)
-    steps, batch = inputs[contract.OBS].shape[:2]
-    backend = make_backend(bundle, name, batch, **options)
+    backend = make_backend(bundle, name, inputs[contract.OBS].shape[1], **options)
     try:
         tol = float(tolerance if tolerance is not None else default_tolerance(backend, parity))
-        actions = replay(backend, inputs)
-        final = backend.state()
-        reference = parity["reference"]
-        report = VerifyReport(backend=backend.name, steps=steps, batch=batch, tolerance=tol)
-        report.outputs.append(compare("action", actions, decode_array(reference["action"]), tol))
-        for state_name, doc in reference["final_state"].items():
-            report.outputs.append(compare(f"{contract.state_name(state_name)} (final)", final[state_name][None],
-                                          decode_array(doc)[None], tol, size_scaled=True))
+        report = parity_report(backend, parity, inputs, tol)
         if backend.name == "tensorrt" and report.ok:
             report.stamp = str(stamp_engine(backend, report))
     finally:
