@@ -3,14 +3,16 @@
 It owns what a long-running controller needs around the real-time loop
 (controllers/realtime_loop.py), and nothing on the loop's hot path:
 
-- start-up: the config, the loopback policy and CURVE keys, the bundle and its batched session
-  (one slot per robot), telemetry and the flight recorder; then the loop in the main thread.
+- start-up: the config (controllers/config.py), then the controller from the same builder as
+  `policyrt run --mode realtime` (controllers/build.py: loopback policy and CURVE keys, the
+  bundle's batched session with one slot per robot, telemetry, flight and episode recorders);
+  then the loop in the main thread.
 - systemd (`Type=notify`, controllers/sd_notify.py): READY=1 once every robot has answered its
   handshake; WATCHDOG=1 from the loop's per-tick hook, so pings stop when ticks stop and systemd
   restarts a stalled controller; STATUS= lines; STOPPING=1; RELOADING=1 around a reload.
-- signals: handlers only set flags or call the loop's thread-safe requests.
-  SIGTERM/SIGINT -> request_stop (the loop sends every robot its safe action), recorder flushed,
-  exit 0. SIGHUP -> a reload thread re-reads the config, loads the bundle named there, verifies
+- signals: handlers only set flags or write a wake-up byte; nothing in them takes a lock.
+  SIGTERM/SIGINT -> the process's StopRequest (policyrt/stopping.py), turned into the loop's
+  request_stop (every robot gets its safe action), recorders flushed, exit 0. SIGHUP -> a reload thread re-reads the config, loads the bundle named there, verifies
   it against its parity.json and hands it to request_swap, which swaps at the next tick boundary
   with fresh state; a bundle that fails is refused with the reason and the old one keeps running.
   SIGUSR1 -> flight recorder dump.
@@ -24,14 +26,20 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
+import socket
 import sys
 import threading
 import time
 from dataclasses import dataclass
+from operator import attrgetter
 
-from policyrt.controllers.config import ControllerConfig, load_config
+from policyrt.controllers import build
+from policyrt.controllers.config import load_config
 from policyrt.controllers.sd_notify import Notifier
+from policyrt.controllers.settings import SETTINGS, ControllerSettings, SessionSettings
+from policyrt.stopping import STOP, StopRequest
 
 log = logging.getLogger("policyrt.daemon")
 
@@ -45,7 +53,6 @@ class DaemonStats:
     reloads: int = 0  # bundles swapped in on SIGHUP
     reload_failures: int = 0  # SIGHUPs whose bundle was refused (the old one kept running)
     recorder_dumps: int = 0
-    stop_signal: str | None = None
 
 
 # --- logging ---
@@ -76,49 +83,14 @@ def setup_logging(verbose: bool = False) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
-# --- start-up pieces, each usable by --check ---
+# --- start-up pieces beyond the builder's (controllers/build.py), each usable by --check ---
 
 
-def check_endpoints(cfg: ControllerConfig) -> object | None:
-    """Apply the loopback policy to every endpoint; returns the CURVE client setup (or None)."""
-    from policyrt.controllers.auth import check_endpoint, load_client
-
-    curve = load_client(cfg.auth.keys, cfg.auth.client) if cfg.auth.keys else None
-    hint = f"[auth] keys in {cfg.path}"
-    for endpoint in cfg.robots:
-        check_endpoint(
-            endpoint, secured=curve is not None, insecure=cfg.insecure, what="robot endpoint", how=hint
-        )
-    if cfg.telemetry.pub:
-        # The telemetry socket is plain PUB (it carries no commands); off loopback it needs the
-        # explicit opt-in like any other plain socket.
-        check_endpoint(
-            cfg.telemetry.pub, secured=False, insecure=cfg.insecure, what="telemetry pub", how=None
-        )
-    return curve
-
-
-def check_supported(cfg: ControllerConfig) -> None:
-    """Refuse settings the daemon reads but cannot honour yet, rather than ignore them."""
-    if cfg.recording.dataset is not None:
-        raise StartupError(
-            f"{cfg.path}: [recording] dataset = {str(cfg.recording.dataset)!r}: episode recording is not "
-            f'available in the daemon yet; set dataset = "" (the flight recorder still keeps the last ticks)'
-        )
-
-
-def load_session(cfg: ControllerConfig):
-    """The bundle's session with one slot per robot, on the configured backend."""
-    from policyrt.runtime import load
-
-    return load(cfg.bundle, backend=cfg.backend, batch_size=len(cfg.robots))
-
-
-def verify_bundle(bundle, backend: str):
-    """Replay the bundle's parity.json on `backend`; raises StartupError when it does not pass."""
+def verify_bundle(bundle, session: SessionSettings):
+    """Replay the bundle's parity.json on the session's backend; raises StartupError when it does not pass."""
     from policyrt.runtime.verify import verify_backend
 
-    report = verify_backend(bundle, "onnxruntime" if backend == "auto" else backend)
+    report = verify_backend(bundle, session.backend, **session.backend_options())
     if not report.ok:
         worst = max(report.outputs, key=lambda o: o.max_judged)
         raise StartupError(
@@ -128,61 +100,31 @@ def verify_bundle(bundle, backend: str):
     return report
 
 
-def control_rate(cfg: ControllerConfig, manifest) -> float:
-    rate = cfg.rate_hz or getattr(manifest, "control_rate_hz", None)
-    if not rate:
-        raise StartupError(f"{cfg.path}: set rate_hz: the bundle {cfg.bundle} recommends no control rate")
-    return float(rate)
+def load_session(cfg: ControllerSettings):
+    """The bundle's session with one slot per robot."""
+    return cfg.session.load(cfg.bundle, batch_size=len(cfg.robots))
 
 
-def realtime_config(cfg: ControllerConfig, rate_hz: float):
-    """The loop's settings; what the config leaves out keeps the loop's own default."""
-    from policyrt.controllers.realtime_loop import RealtimeConfig
-
-    rt = cfg.realtime
-    optional = {
-        "stale_after_s": cfg.safety.stale_after_s,
-        "spin_us": rt.spin_us,
-        "sched_fifo_priority": rt.sched_fifo_priority or None,  # 0 in the config: leave it alone
-        "cpu_affinity": rt.cpu_affinity or None,
-    }
-    return RealtimeConfig(
-        rate_hz=rate_hz,
-        fallback=cfg.safety.fallback,
-        max_delta=cfg.safety.max_delta,
-        lock_memory=rt.lock_memory,
-        **{k: v for k, v in optional.items() if v is not None},
-    )
-
-
-def make_telemetry(cfg: ControllerConfig):
-    if not cfg.telemetry.pub and not cfg.telemetry.prometheus_port:
-        return None
-    from policyrt.controllers.telemetry import Telemetry
-
-    return Telemetry(cfg.telemetry.pub, prometheus_port=cfg.telemetry.prometheus_port)
-
-
-def make_recorder(cfg: ControllerConfig):
-    if cfg.flight_recorder.dir is None:
-        return None
-    from policyrt.controllers.flight_recorder import FlightRecorder
-
-    return FlightRecorder(cfg.flight_recorder.dir, capacity=cfg.flight_recorder.ticks)
+# Settings a SIGHUP does not apply (the bundle and the session settings are what it reloads).
+_RESTART_ONLY = ("robots", "insecure", "loop", "telemetry", "flight_recorder", "recording", "auth")
 
 
 class Daemon:
-    """One run of the daemon: start, serve until a stop signal, report."""
+    """One run of the daemon: start, serve until a stop request, report."""
 
-    def __init__(self, cfg: ControllerConfig, notifier: Notifier | None = None):
+    def __init__(self, cfg: ControllerSettings, notifier: Notifier | None = None, stop: StopRequest = STOP):
         self.cfg = cfg
         self.notifier = notifier or Notifier()
+        self.stop = stop
         self.stats = DaemonStats()
         self.controller = None
         self.session = None
         self._ready = False
         self._tick = 0  # the loop's latest tick, written by the tick hook (one int: no lock needed)
-        self._reload = threading.Event()
+        # SIGHUP's handler writes a byte here (no lock taken in a handler, as in policyrt/stopping.py);
+        # the reload thread waits on the other end.
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_writer.setblocking(False)
         self._dump_unavailable = False
         self._stopping = threading.Event()
 
@@ -190,25 +132,16 @@ class Daemon:
 
     def start(self):
         cfg = self.cfg
-        check_supported(cfg)
-        curve = check_endpoints(cfg)
+        curve = build.check_endpoints(cfg)
         self.session = load_session(cfg)
-        rate = control_rate(cfg, self.session.manifest)
-        from policyrt.controllers.realtime_loop import RealtimeController
-
-        self.controller = RealtimeController(
-            self.session,
-            list(cfg.robots),
-            realtime_config(cfg, rate),
-            telemetry=make_telemetry(cfg),
-            recorder=make_recorder(cfg),
-            curve=curve,
+        self.controller = build.build_controller(
+            cfg, self.session, curve=curve, command=f"policyrt serve --config {cfg.origin}"
         )
         self.controller.on_tick = self._on_tick
         log.info(
             "serving %d robot(s) at %g Hz with %s on %s: %s",
             len(cfg.robots),
-            rate,
+            self.controller.config.rate_hz,
             cfg.bundle.name,
             self.session.backend_name,
             ", ".join(cfg.robots),
@@ -226,7 +159,7 @@ class Daemon:
         if self._dump_unavailable:
             self._dump_unavailable = False
             log.warning(
-                "SIGUSR1: no flight recorder to dump (set [flight_recorder] dir in %s)", self.cfg.path
+                "SIGUSR1: no flight recorder to dump (set %s)", self.cfg.describe("flight_recorder.dir")
             )
 
     def _all_connected(self) -> bool:
@@ -235,18 +168,16 @@ class Daemon:
     # --- signals: flags and thread-safe requests only ---
 
     def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_stop_signal)
-        signal.signal(signal.SIGINT, self._on_stop_signal)
-        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+        self.stop.install()  # SIGTERM, SIGINT: the process's one stop request
+        signal.signal(signal.SIGHUP, lambda *_: self._wake())
         signal.signal(signal.SIGUSR1, self._on_dump_signal)
 
-    def _on_stop_signal(self, signum, _frame) -> None:
-        if self.stats.stop_signal is None:
-            self.stats.stop_signal = signal.Signals(signum).name
-        self._stopping.set()
-        self._reload.set()  # wake the reload thread so it can end
-        if self.controller is not None:
-            self.controller.request_stop()
+    def _wake(self) -> None:
+        """Wake the reload thread: for a reload, or to let it see that the daemon stops."""
+        try:
+            self._wake_writer.send(b"\x00")
+        except OSError:  # full of earlier bytes, or closed: it wakes anyway
+            pass
 
     def _on_dump_signal(self, *_):
         # request_dump only sets a flag: the loop copies the ring at its next tick and a writer
@@ -262,40 +193,32 @@ class Daemon:
 
     def _reload_worker(self) -> None:
         while True:
-            self._reload.wait()
-            if self._stopping.is_set():
+            select.select([self._wake_reader], [], [])
+            if self._stopping.is_set() or self.stop.requested:
                 return
-            self._reload.clear()
+            while True:  # one reload for any number of SIGHUPs so far
+                try:
+                    self._wake_reader.recv(4096)
+                except BlockingIOError:
+                    break
             self.notifier.reloading("loading the new bundle")
             try:
                 self._reload_once()
             except Exception as exc:  # anything at all: the running bundle must keep running
                 self.stats.reload_failures += 1
-                message = f"reload refused, the running bundle stays: {exc}"
-                log.error("%s", message)
+                log.error("reload refused, the running bundle stays: %s", exc)
             self.notifier.ready(f"serving, bundle {self.cfg.bundle.name}")
 
     def _reload_once(self) -> None:
-        new_cfg = load_config(self.cfg.path)
-        changed = [
-            key
-            for key in (
-                "robots",
-                "rate_hz",
-                "insecure",
-                "safety",
-                "realtime",
-                "telemetry",
-                "flight_recorder",
-                "auth",
-            )
-            if getattr(new_cfg, key) != getattr(self.cfg, key)
-        ]
+        new_cfg = load_config(self.cfg.origin)
+        changed = [SETTINGS[name].label(new_cfg.origin) for name in SETTINGS
+                   if name.startswith(_RESTART_ONLY) and attrgetter(name)(new_cfg) != attrgetter(name)(self.cfg)]
         if changed:
             log.warning(
-                "reload: only bundle and backend are reloaded; restart to apply %s", ", ".join(changed)
+                "reload: only the bundle and the session (backend, threads, target_return) are reloaded; "
+                "restart to apply %s", ", ".join(changed)
             )
-        log.info("reload: loading %s on %s", new_cfg.bundle, new_cfg.backend)
+        log.info("reload: loading %s on %s", new_cfg.bundle, new_cfg.session.backend)
         session = load_session(new_cfg)
         try:
             old, new = self.session.manifest, session.manifest
@@ -304,7 +227,7 @@ class Daemon:
                     f"{new_cfg.bundle}: obs_dim={new.obs_dim}, act_dim={new.act_dim} do not fit the robots "
                     f"(the running bundle has obs_dim={old.obs_dim}, act_dim={old.act_dim})"
                 )
-            report = verify_bundle(session.bundle, new_cfg.backend)
+            report = verify_bundle(session.bundle, new_cfg.session)
         except BaseException:
             session.close()
             raise
@@ -343,13 +266,14 @@ class Daemon:
                 return True
             if ctrl.swaps_refused > refused:
                 return False
-            time.sleep(period)
+            if self.stop.wait(period):
+                break
         return None
 
     # --- the run ---
 
     def run(self) -> int:
-        """Start, then serve until a stop signal; returns the exit code."""
+        """Start, then serve until a stop request; returns the exit code."""
         self.install_signal_handlers()
         self.start()
         return self.serve()
@@ -358,15 +282,15 @@ class Daemon:
         """Run the loop (after start()) until a stop signal; 0 once the robots got their safe action."""
         reloader = threading.Thread(target=self._reload_worker, name="policyrt-reload", daemon=True)
         reloader.start()
+        # A stop requested while loading (SIGTERM during start()) stops the loop at its first tick.
+        build.stop_on_request(self.controller, self.stop, also=self._wake)
         self.notifier.status(f"connecting to {len(self.cfg.robots)} robot(s)")  # shown by systemctl status
-        if self._stopping.is_set():  # SIGTERM while loading: the loop stops at its first tick
-            self.controller.request_stop()
         t0 = time.monotonic()
         try:
             result = self.controller.run()
         finally:
             self._stopping.set()
-            self._reload.set()
+            self._wake()
             self.notifier.stopping("stopping: safe action sent")
         self._report(result, time.monotonic() - t0)
         return 0
@@ -379,7 +303,7 @@ class Daemon:
         files = f", {len(recorder.dumps)} file(s) in {recorder.out_dir}" if recorder is not None else ""
         connected = result.counters.get("robots_connected", 0)
         print(
-            f"policyrt serve: stopped by {stats.stop_signal or 'the loop'} after {seconds:.1f} s; "
+            f"policyrt serve: stopped by {self.stop.reason or 'the loop'} after {seconds:.1f} s; "
             f"robots connected at the end: {connected} of {len(self.cfg.robots)}; "
             f"reloads: {stats.reloads} swapped, {stats.reload_failures} refused; "
             f"flight recorder: {stats.recorder_dumps} dump(s) on SIGUSR1{files}\n{format_result(result)}",

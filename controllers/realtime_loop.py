@@ -39,6 +39,7 @@ import zmq
 from policyrt.controllers import rt_settings
 from policyrt.controllers.robot_port import RobotPort
 from policyrt.controllers.safety import DEADLINE, ESTOP, STALE, SafetyChain
+from policyrt.controllers.settings import RealtimeConfig
 from policyrt.protocol import ErrorTally
 from policyrt.scheduler import TickScheduler
 from policyrt.timing import StageTimes
@@ -53,52 +54,6 @@ SHUTDOWN_FLUSH_MS = 300
 STAGES = ("receive", "infer", "filter", "send", "tick")
 # receive: tick start -> every link drained; infer: the session step (0 when not stepped);
 # filter: the safety chain; send: ACTs handed to ZeroMQ; tick: tick start -> last ACT sent.
-
-
-@dataclass(frozen=True)
-class RealtimeConfig:
-    """How the real-time controller runs. Frozen: a running loop never sees its config change."""
-
-    rate_hz: float
-    """Control rate; tick k starts at t0 + k / rate_hz."""
-    stale_after_s: float | None = None
-    """An observation older than this (local receive time) is stale and its robot gets the
-    fallback action. None: three periods of the slower of the controller and the robot."""
-    fallback: str | tuple[float, ...] = "hold"
-    """'hold' (repeat the last applied action), 'zero' (zero clipped into the bounds), or one safe
-    value per action dimension."""
-    max_delta: float | tuple[float, ...] | None = None
-    """Rate limit: the largest change of each action dimension per tick; None = off."""
-    deadline_s: float | None = None
-    """Inference must end this long after the tick's start, or the tick's robots get the fallback.
-    None: one period (the next tick's start)."""
-    spin_us: float = 200.0
-    """Busy-wait this long before each deadline instead of sleeping. Trades CPU for latency: a
-    core that slept wakes with cold caches, and every stage of the next tick runs several times
-    slower (docs/BENCHMARKS.md, "Real-time mode"); spinning the whole period keeps it warm."""
-    warmup_steps: int = 10
-    """Session steps (on zeros, state reset afterwards) before the first tick, so the backend's
-    first-run allocations do not land on a robot's first deadline."""
-    hello_retry_s: float = 0.5
-    """Say HELLO again this often while a robot has not answered with its SPEC."""
-    reconnect_after_s: float = 1.0
-    """A robot whose observations stopped this long gets a new HELLO (it may have restarted)."""
-    sched_fifo_priority: int | None = None
-    """SCHED_FIFO priority 1..99 for the loop's thread; None = leave the scheduler alone."""
-    cpu_affinity: tuple[int, ...] | None = None
-    """Pin the process to these CPUs; None = leave it."""
-    lock_memory: bool = False
-    """mlockall(): keep every page resident, so no tick waits on a page fault."""
-
-    def __post_init__(self):
-        if not (isinstance(self.rate_hz, (int, float)) and math.isfinite(self.rate_hz) and self.rate_hz > 0):
-            raise ValueError(f"rate_hz must be a positive number, got {self.rate_hz!r}")
-        if self.stale_after_s is not None and not self.stale_after_s > 0:
-            raise ValueError(f"stale_after_s must be > 0 (or None for 3 periods), got {self.stale_after_s!r}")
-        if self.deadline_s is not None and not self.deadline_s > 0:
-            raise ValueError(f"deadline_s must be > 0 (or None for one period), got {self.deadline_s!r}")
-        if self.spin_us < 0:
-            raise ValueError(f"spin_us must be >= 0, got {self.spin_us!r}")
 
 
 @dataclass(frozen=True)

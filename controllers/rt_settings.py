@@ -21,12 +21,13 @@ log = logging.getLogger(__name__)
 _MCL_CURRENT, _MCL_FUTURE = 1, 2  # <sys/mman.h> on Linux
 
 
-def apply(sched_fifo_priority: int | None = None, cpu_affinity=None, lock_memory: bool = False) -> list[str]:
-    """Apply what was asked; returns one message per setting (applied or why not)."""
+def apply(sched_fifo_priority: int = 0, cpu_affinity=(), lock_memory: bool = False) -> list[str]:
+    """Apply what was asked (0, () and False ask for nothing, as in the settings' defaults);
+    returns one message per setting (applied or why not)."""
     messages = []
     if cpu_affinity:
         messages.append(_affinity(tuple(int(c) for c in cpu_affinity)))
-    if sched_fifo_priority is not None:
+    if sched_fifo_priority:
         messages.append(_fifo(int(sched_fifo_priority)))
     if lock_memory:
         messages.append(_mlockall())

@@ -185,11 +185,35 @@ def test_check_refuses_bad_bundles_and_configs(tmp_path):
         assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
     proc = serve("--config", str(write_config(tmp_path / "c.toml", XLSTM, ["ipc:///tmp/x"], "rate = 5\n")))
     assert proc.returncode == 2 and "unknown key 'rate'" in proc.stderr
-    extra = '[recording]\ndataset = "episodes"\n'  # read, but not available: refused, not ignored
+    proc = serve("--config", str(write_config(tmp_path / "c.toml", XLSTM, ["ipc:///tmp/x"], "threads = 0\n")))
+    assert proc.returncode == 2 and "threads = 0 is not allowed" in proc.stderr
     proc = serve(
-        "--config", str(write_config(tmp_path / "c.toml", XLSTM, ["ipc:///tmp/x"], extra)), "--check"
+        "--config", str(write_config(tmp_path / "c.toml", XLSTM, ["ipc:///tmp/x"], 'backend = "torch"\nthreads = 2\n')),
+        "--check",
     )
-    assert proc.returncode == 2 and "recording" in proc.stderr
+    assert proc.returncode == 2 and "applies to ONNX Runtime only" in proc.stderr, proc.stderr
+
+
+def test_daemon_records_episodes_as_run_does(tmp_path):
+    """[recording] dataset: the same episode recorder as `run --record-episodes`, written at SIGTERM."""
+    from policyrt.episodes import load_dataset
+
+    endpoint, dataset = ipc_endpoint(), tmp_path / "episodes"
+    config = write_config(tmp_path / "c.toml", XLSTM, [endpoint], f'[recording]\ndataset = "{dataset}"\n')
+    robot = StreamingRobot(endpoint)
+    daemon = DaemonProcess(config)
+    try:
+        robot.start()
+        wait_until(lambda: robot.act_count() >= 20, "the robot gets actions")
+        daemon.proc.send_signal(signal.SIGTERM)
+        code, out = daemon.finish()
+        assert code == 0 and "stopped by SIGTERM" in out, "\n".join(daemon.lines)
+    finally:
+        daemon.kill()
+        robot.stop()
+    (episode,) = load_dataset(dataset).episodes  # the robot never ends one: cut by the stop
+    assert len(episode) >= 10 and episode.truncations[-1] and episode.observations.shape[1] == 4
+    assert load_dataset(dataset).meta["command"] == f"policyrt serve --config {config}"
 
 
 def test_endpoints_off_loopback_need_keys_or_insecure(tmp_path):
@@ -213,7 +237,7 @@ def test_endpoints_off_loopback_need_keys_or_insecure(tmp_path):
     assert serve("--config", str(config), "--check").returncode == 0
     write_config(config, XLSTM, ["ipc:///tmp/x"], '[telemetry]\npub = "tcp://0.0.0.0:5600"\n')
     proc = serve("--config", str(config), "--check")
-    assert proc.returncode == 2 and "telemetry pub" in proc.stderr
+    assert proc.returncode == 2 and "[telemetry] pub tcp://0.0.0.0:5600" in proc.stderr
 
 
 def _example_config(path: Path, **values: str) -> Path:

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from realtime_helpers import RealtimeRobot, linear_session, run_in_thread, spec, wait_until
 from wire_helpers import PATIENCE_S, endpoint_for
 
-from policyrt.controllers.realtime_loop import RealtimeConfig, RealtimeController
+from policyrt.controllers.realtime_loop import RealtimeController
+from policyrt.controllers.settings import RealtimeConfig
 from policyrt.protocol import (
     HEADER,
     HEADER_SIZE,

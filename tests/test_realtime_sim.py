@@ -153,7 +153,8 @@ def test_estop_without_a_robot_says_nothing_was_sent():
 def test_top_prints_a_telemetry_snapshot():
     from realtime_helpers import linear_session, run_in_thread
 
-    from policyrt.controllers.realtime_loop import RealtimeConfig, RealtimeController
+    from policyrt.controllers.realtime_loop import RealtimeController
+    from policyrt.controllers.settings import RealtimeConfig
     from policyrt.controllers.telemetry import Telemetry
 
     tel = endpoint_for("ipc")
@@ -223,7 +224,8 @@ def test_flight_recorder_dumps_on_request_off_the_hot_path(tmp_path):
     from realtime_helpers import linear_session, run_in_thread, wait_until
 
     from policyrt.controllers.flight_recorder import FlightRecorder, load_dump
-    from policyrt.controllers.realtime_loop import RealtimeConfig, RealtimeController
+    from policyrt.controllers.realtime_loop import RealtimeController
+    from policyrt.controllers.settings import RealtimeConfig
 
     recorder = FlightRecorder(tmp_path, capacity=16)
     controller = RealtimeController(
@@ -247,7 +249,8 @@ def test_prometheus_endpoint_serves_the_counters_and_stage_histograms():
 
     from realtime_helpers import linear_session, run_in_thread, wait_until
 
-    from policyrt.controllers.realtime_loop import RealtimeConfig, RealtimeController
+    from policyrt.controllers.realtime_loop import RealtimeController
+    from policyrt.controllers.settings import RealtimeConfig
     from policyrt.controllers.telemetry import Telemetry
 
     pytest.importorskip("prometheus_client")

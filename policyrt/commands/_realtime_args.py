@@ -1,36 +1,22 @@
-"""The real-time options of `policyrt run`, kept apart so run.py stays readable."""
+"""The controller's settings as `policyrt run` flags, generated from the schema (controllers/settings.py).
+
+The same settings a daemon reads from its TOML file: the bundle, --connect, --insecure and
+--spin-us (which lockstep uses too) go with the command's own options, the session flags come
+from commands/_session_args.py, and the rest form the "real-time mode" group; given in lockstep,
+those are refused rather than ignored. --duration is not a setting of the controller but of this
+run, so it is defined here.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-# Options that mean nothing in lockstep; given there, they are refused rather than ignored.
-_REALTIME_ONLY = {
-    "rate": None,
-    "fallback": None,
-    "max_delta": None,
-    "stale_after": None,
-    "sched_fifo": None,
-    "cpu": None,
-    "lock_memory": False,
-    "duration": None,
-    "telemetry": None,
-    "prometheus_port": None,
-    "record_dir": None,
-    "curve_keys": None,
-    "record_episodes": None,
-    "episodes_format": "npz",
-}
+from policyrt.commands._session_args import SESSION, add_flag, dest, values_from_args
+from policyrt.controllers.settings import SETTINGS, ControllerSettings, assemble
 
-
-def _cpus(text: str) -> tuple[int, ...]:
-    try:
-        cpus = tuple(int(c) for c in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected CPU numbers like 1 or 0,1; got {text!r}") from None
-    if any(c < 0 for c in cpus):
-        raise argparse.ArgumentTypeError(f"CPU numbers are >= 0, got {text!r}")
-    return cpus
+# `run`'s own options among the settings (lockstep uses them too), and the --mode realtime ones.
+GENERAL = tuple(n for n, s in SETTINGS.items() if s.shared and n not in SESSION)
+REALTIME = tuple(n for n, s in SETTINGS.items() if not s.shared)
 
 
 def _positive(text: str) -> float:
@@ -40,69 +26,27 @@ def _positive(text: str) -> float:
     return value
 
 
+def add_general_arguments(p: argparse.ArgumentParser) -> None:
+    """The bundle, --connect, --insecure and --spin-us, in the command's own option list."""
+    for name in GENERAL:
+        add_flag(p, name)
+
+
 def add_realtime_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("real-time mode (--mode realtime)")
-    g.add_argument(
-        "--rate", type=_positive, metavar="HZ", help="control rate (default: the bundle's recommended rate)"
+    g = p.add_argument_group(
+        "real-time mode (--mode realtime)",
+        "the controller's settings; `policyrt serve` reads the same ones from its TOML file (docs/DAEMON.md)",
     )
+    for name in REALTIME:
+        add_flag(g, name)
     g.add_argument(
-        "--fallback",
-        metavar="MODE",
-        help="action sent on a fault: hold (repeat the last applied), zero, or comma-separated values "
-        "such as 0.0,0.5 (default: hold)",
+        "--duration", type=_positive, metavar="S", help="stop after S seconds (default: until Ctrl-C or SIGTERM)"
     )
-    g.add_argument(
-        "--max-delta",
-        metavar="D",
-        help="rate limit: largest change per tick, one value or one per action dimension (0.1 or 0.1,0.2)",
-    )
-    g.add_argument(
-        "--stale-after",
-        type=_positive,
-        metavar="S",
-        help="an observation older than S seconds is stale: fallback (default: 3 control periods)",
-    )
-    g.add_argument(
-        "--sched-fifo", type=int, metavar="PRIO", help="run the loop with SCHED_FIFO priority 1..99"
-    )
-    g.add_argument(
-        "--cpu", type=_cpus, metavar="CPUS", help="pin the controller to these CPUs, e.g. 1 or 2,3"
-    )
-    g.add_argument("--lock-memory", action="store_true", help="mlockall(): no page faults in the loop")
-    g.add_argument(
-        "--duration", type=_positive, metavar="S", help="stop after S seconds (default: until Ctrl-C)"
-    )
-    g.add_argument(
-        "--telemetry",
-        metavar="ENDPOINT",
-        help="publish JSON telemetry snapshots on a PUB socket (see `policyrt top`)",
-    )
-    g.add_argument(
-        "--prometheus-port",
-        type=int,
-        metavar="PORT",
-        help="serve Prometheus metrics on this port (prometheus-client)",
-    )
-    g.add_argument(
-        "--record-dir",
-        metavar="DIR",
-        help="flight recorder: dump the last ticks to DIR/flight-*.npz on faults and on SIGUSR1",
-    )
-    g.add_argument(
-        "--record-episodes",
-        metavar="DIR",
-        help="write every episode (observations, applied and raw actions, rewards) as a dataset to DIR "
-        "at the end (`policyrt train --data DIR` reads it)",
-    )
-    g.add_argument(
-        "--episodes-format",
-        choices=["npz", "minari"],
-        default="npz",
-        help="dataset format of --record-episodes: npz (board-side, default) or minari (needs the sim extra)",
-    )
-    g.add_argument(
-        "--curve-keys", metavar="DIR", help="CURVE keys from `policyrt keys generate` (client side)"
-    )
+
+
+def settings_from_args(args: argparse.Namespace) -> ControllerSettings:
+    """The controller's settings from `run`'s flags; raises ValueError naming a bad flag."""
+    return assemble(values_from_args(args, SETTINGS))
 
 
 def realtime_misuse(args) -> str | None:
@@ -111,10 +55,10 @@ def realtime_misuse(args) -> str | None:
         if args.episodes is not None or args.stage_times:
             return "--episodes and --stage-times are lockstep options; use --duration in realtime mode"
         return None
-    given = [name for name, default in _REALTIME_ONLY.items() if getattr(args, name) != default]
+    given = [SETTINGS[n].flag for n in REALTIME if getattr(args, dest(SETTINGS[n])) not in (None, False)]
+    given += ["--duration"] if args.duration is not None else []
     if given:
-        flags = ", ".join("--" + name.replace("_", "-") for name in given)
-        return f"{flags} only apply to --mode realtime"
+        return f"{', '.join(given)} only apply to --mode realtime"
     if len(args.connect) > 1:
         return "lockstep drives one robot endpoint; give --connect once (several robots: --mode realtime)"
     return None

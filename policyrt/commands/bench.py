@@ -26,6 +26,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--spin-us", type=int, default=5000, help="busy-poll budget of both loop processes (default 5000)")
     p.add_argument("--port", type=int, default=5599, help="tcp loopback port of the closed loop (default 5599)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-' for stdout only)")
+    from policyrt.commands._session_args import add_session_arguments
+
+    # (a) is the Session on ONNX Runtime by definition (the comparison with the baselines); what
+    # the group chooses is the closed loop's controller.
+    add_session_arguments(p, applies_to="the --loop controller")
     p.set_defaults(handler=handle)
     return p
 
@@ -33,6 +38,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def handle(args) -> int:
     from policyrt.benchmark import format_step_benchmark, loop_overhead, run_step_benchmark
 
+    from ._session_args import session_flags_given, session_from_args
+
+    if not args.loop and session_flags_given(args):
+        print(f"policyrt bench: {', '.join(session_flags_given(args))} only apply with --loop", file=sys.stderr)
+        return 2
+    session = session_from_args(args)
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json == "-" else print
     report = run_step_benchmark(Path(args.bundle), steps=args.steps, progress=log)
     log(format_step_benchmark(report))
@@ -44,7 +55,9 @@ def handle(args) -> int:
         for spin in sorted({0, args.spin_us}):
             log(f"closed loop over tcp loopback, spin {spin} us, {args.loop_episodes} episodes ...")
             server, controller = closed_loop(args.bundle, env_id, args.loop_episodes,
-                                             endpoint=f"tcp://127.0.0.1:{args.port}", spin_us=spin)
+                                             endpoint=f"tcp://127.0.0.1:{args.port}", spin_us=spin,
+                                             backend=session.backend, threads=session.threads,
+                                             target_return=session.target_return)
             over = loop_overhead(server, controller)
             report[f"loop_tcp_spin{spin}"] = {**over, "controller_timing": controller["timing"],
                                              "robot_timing": server["timing"]}

@@ -28,29 +28,33 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--inputs", choices=["random", "recorded"], default="random", help="input series (default random)")
     p.add_argument("--steps", type=int, default=1000, help="steps of random inputs (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
-    p.add_argument("--backend", default="onnxruntime", help="bundle backend (default onnxruntime)")
     p.add_argument("--tolerance", type=float, default=1e-5, help="drift that counts as a failure (default 1e-5)")
     p.add_argument("--plot", metavar="FILE.png", help="write the drift curve as a PNG")
     p.add_argument("--json", metavar="FILE", help="write the summary and the per-step drift as JSON")
+    from policyrt.commands._session_args import add_session_arguments
+
+    add_session_arguments(p, applies_to="the bundle's side")
     p.set_defaults(handler=handle)
     return p
 
 
 def handle(args) -> int:
     from policyrt.bundle import BundleError
+    from policyrt.commands._session_args import session_from_args
     from policyrt.export.compare import drift_curve, random_inputs, recorded_inputs
     from policyrt.policies.references import make_reference
-    from policyrt.runtime import load
 
+    settings = session_from_args(args)
     try:
-        session = load(args.bundle, backend=args.backend)
+        session = settings.load(args.bundle)
         manifest = session.manifest
         reference = make_reference(args.reference_kind, args.reference, manifest)
     except (BundleError, FileNotFoundError, ValueError, ImportError) as err:
         print(f"compare failed: {err}", file=sys.stderr)
         return 1
     series = recorded_inputs(session.bundle) if args.inputs == "recorded" else random_inputs(manifest, args.steps, args.seed)
-    report = drift_curve(session, reference, *series, target_return=manifest.target_return,
+    target = manifest.target_return if settings.target_return is None else settings.target_return
+    report = drift_curve(session, reference, *series, target_return=target,
                          source=f"{args.reference_kind} {args.reference}", inputs=args.inputs)
     print(report.table(args.tolerance))
     if args.plot:

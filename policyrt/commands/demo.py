@@ -34,28 +34,33 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--bundle", action="append", help="bundle to run (repeat for several; default: see above)")
     p.add_argument("--episodes", type=int, default=5, help="episodes per bundle (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the evaluation (default 0)")
-    p.add_argument("--backend", default="onnxruntime", help="runtime backend (default onnxruntime)")
     p.add_argument("--report", default="reports/demo", metavar="DIR",
                    help="where the reports go, one folder per bundle (default reports/demo)")
     p.add_argument("--video", metavar="FILE",
                    help="also render one episode per bundle to FILE (.mp4 or .gif; with several bundles the "
                    "bundle's name is appended to the file name)")
+    from policyrt.commands._session_args import add_session_arguments
+
+    add_session_arguments(p, applies_to="the controller processes")
     p.set_defaults(handler=handle)
     return p
 
 
 def run_one(bundle: str, args) -> bool:
     from policyrt.bundle import open_bundle
+    from policyrt.commands._session_args import session_from_args
     from policyrt.sim.eval_report import write_report
     from policyrt.sim.evaluate import Candidate, EvalConfig, evaluate
     from policyrt.sim.experts import close_to_expert
 
+    session = session_from_args(args)
     manifest = open_bundle(bundle).manifest
     env_id = manifest.env_id or "InvertedPendulum-v5"
-    print(f"\n=== {manifest.name} ({manifest.kind}) on {env_id}, {args.episodes} episodes, backend {args.backend}, ipc",
+    print(f"\n=== {manifest.name} ({manifest.kind}) on {env_id}, {args.episodes} episodes, backend {session.backend}, ipc",
           flush=True)
-    report = evaluate(EvalConfig(env_id=env_id, episodes=args.episodes, seed=args.seed),
-                      Candidate(bundle, args.backend))
+    report = evaluate(EvalConfig(env_id=env_id, episodes=args.episodes, seed=args.seed,
+                                 controller_threads=session.threads),
+                      Candidate(bundle, session.backend, session.target_return))
     run, expert = report["runs"][0], report["expert"]
     print(f"{'episode':>7}  {'policy':>9}  {'expert':>9}  steps")
     for k, ep in enumerate(run["episodes"]):
@@ -76,12 +81,13 @@ def run_one(bundle: str, args) -> bool:
 
 
 def _video(bundle: str, env_id: str, args) -> None:
+    from policyrt.commands._session_args import session_from_args
     from policyrt.sim.video import render_episode
 
     out = Path(args.video)
     if len(args.bundle or default_bundles()) > 1:
         out = out.with_name(f"{out.stem}-{Path(bundle).name.removesuffix('.policy')}{out.suffix}")
-    result = render_episode(bundle, env_id, out, seed=args.seed, backend=args.backend)
+    result = render_episode(bundle, env_id, out, seed=args.seed, backend=session_from_args(args).backend)
     print(f"video: {result.path} ({result.frames} frames, return {result.episode_return:.2f})")
 
 

@@ -38,18 +38,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, required=True, metavar="N", help="episodes to play in total")
     p.add_argument("--parallel", type=int, default=1, metavar="P",
                    help="environments at once, one session of batch P (default 1; capped at N)")
-    p.add_argument("--backend", default="auto", help="auto (ONNX Runtime), onnxruntime or torch (default: auto)")
     p.add_argument("--seed", type=int, default=0, help="seed of the evaluation (default 0)")
     p.add_argument("--max-episode-steps", type=int, metavar="T", help="time limit (default: the environment's)")
     p.add_argument("--report", metavar="DIR", help="write report.json, report.md and PNG plots there")
     p.add_argument("--compare", metavar="BUNDLE2", help="also evaluate this bundle on the same seeds")
     p.add_argument("--compare-backend", metavar="B2",
                    help="backend of the comparison (default: --backend); without --compare, the same bundle")
-    p.add_argument("--target-return", type=float, metavar="R",
-                   help="return commanded at every reset (default: the bundle's target_return)")
     p.add_argument("--compare-target-return", type=float, metavar="R2",
                    help="return commanded in the comparison; without --compare, the same bundle: a lower R2 "
                    "shows whether return conditioning works (the report gives the return difference)")
+    from policyrt.commands._session_args import add_session_arguments
+
+    add_session_arguments(p, applies_to="the controller process")
     p.set_defaults(handler=handle)
     return p
 
@@ -78,6 +78,7 @@ class _Progress:
 
 
 def handle(args) -> int:
+    from policyrt.commands._session_args import session_from_args
     from policyrt.sim.eval_report import summary_lines, write_report
     from policyrt.sim.evaluate import Candidate, EvalConfig, EvalError, evaluate
 
@@ -85,13 +86,14 @@ def handle(args) -> int:
     if parallel != args.parallel:
         print(f"policyrt eval: --parallel {args.parallel} > --episodes {args.episodes}: using {parallel} environments",
               file=sys.stderr)
+    session = session_from_args(args)
     cfg = EvalConfig(env_id=args.env, episodes=args.episodes, parallel=parallel, seed=args.seed,
-                     max_episode_steps=args.max_episode_steps)
-    candidate = Candidate(args.bundle, args.backend, args.target_return)
+                     max_episode_steps=args.max_episode_steps, controller_threads=session.threads)
+    candidate = Candidate(args.bundle, session.backend, session.target_return)
     compare = None
     if args.compare or args.compare_backend or args.compare_target_return is not None:
-        target = args.target_return if args.compare_target_return is None else args.compare_target_return
-        compare = Candidate(args.compare or args.bundle, args.compare_backend or args.backend, target)
+        target = session.target_return if args.compare_target_return is None else args.compare_target_return
+        compare = Candidate(args.compare or args.bundle, args.compare_backend or session.backend, target)
     try:
         report = evaluate(cfg, candidate, compare, progress=_Progress())
     except EvalError as err:

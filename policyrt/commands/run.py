@@ -50,14 +50,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("bundle", help="bundle directory (NAME.policy/) or .tar")
-    p.add_argument(
-        "--connect",
-        required=True,
-        action="append",
-        metavar="ENDPOINT",
-        help="the robot's endpoint: tcp://HOST:PORT or ipc://PATH (realtime: repeat for several robots)",
-    )
+    from policyrt.commands._realtime_args import add_general_arguments, add_realtime_arguments
+    from policyrt.commands._session_args import add_session_arguments
+
+    add_general_arguments(p)
     p.add_argument(
         "--mode",
         choices=["lockstep", "realtime"],
@@ -66,20 +62,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "(default: lockstep)",
     )
     p.add_argument(
-        "--backend", default="auto",
-        help="auto (ONNX Runtime), onnxruntime, torch, torch-cuda or tensorrt (an engine verified on this board) "
-        "(default: auto)"
-    )
-    p.add_argument(
         "--episodes", type=int, default=None, help="stop after N episodes (default: until the robot leaves)"
-    )
-    p.add_argument(
-        "--spin-us",
-        type=int,
-        default=0,
-        metavar="US",
-        help="lockstep: busy-poll each observation this long before blocking; realtime: busy-wait this "
-        "long before each tick instead of sleeping (default 200; a longer spin keeps caches warm at a CPU's cost)",
     )
     p.add_argument(
         "--robot-timeout",
@@ -88,100 +71,67 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="S",
         help="give up on a silent robot after S seconds",
     )
-    p.add_argument("--target-return", type=float, metavar="R",
-                   help="return to command at every reset (default: the bundle's target_return); a lower "
-                   "one asks a return-conditioned policy for a worse episode")
-    p.add_argument("--threads", type=int, default=1, metavar="N",
-                   help="ONNX Runtime intra-op threads (default 1: latency first; 2 pays off for a batched "
-                   "session in lockstep, where the sim server waits while the controller infers)")
     p.add_argument("--results", metavar="PATH", help="write the summary (episodes, errors, timing) as JSON")
     p.add_argument(
         "--stage-times", metavar="PATH", help="write the raw per-tick stage durations (.npz, nanoseconds)"
     )
-    p.add_argument(
-        "--insecure",
-        action="store_true",
-        help="allow a robot or telemetry endpoint off this machine without CURVE keys (docs/DAEMON.md, Keys)",
-    )
-    from policyrt.commands._realtime_args import add_realtime_arguments
-
+    add_session_arguments(p)
     add_realtime_arguments(p)
     p.set_defaults(handler=handle)
     return p
 
 
-def _load(args: argparse.Namespace, batch_size: int):
-    """The session of the bundle, commanding --target-return when given (it stays across resets)."""
-    from policyrt.runtime import load
-
-    options = {"intra_op_threads": args.threads} if args.threads != 1 else {}
-    if options and args.backend not in ("auto", "onnxruntime"):
-        raise ValueError(f"--threads applies to ONNX Runtime only, not to backend {args.backend!r}")
-    session = load(args.bundle, backend=args.backend, batch_size=batch_size, **options)
-    if args.target_return is not None:
-        session.set_target_return(args.target_return)
-    return session
-
-
-def _refused_endpoint(args: argparse.Namespace) -> str | None:
-    """The loopback policy: endpoints off this machine need CURVE keys (realtime) or --insecure."""
-    from policyrt.controllers.auth import AuthError, check_endpoint
-
-    try:
-        for endpoint in args.connect:
-            check_endpoint(endpoint, secured=bool(args.curve_keys), insecure=args.insecure, what="--connect",
-                           how="--mode realtime --curve-keys DIR")
-        if args.telemetry:
-            check_endpoint(args.telemetry, secured=False, insecure=args.insecure, what="--telemetry",
-                           how=None)
-    except AuthError as exc:
-        return str(exc)
-    return None
-
-
 def handle(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    from policyrt.commands._realtime_args import realtime_misuse
+    from policyrt.commands._realtime_args import realtime_misuse, settings_from_args
+    from policyrt.controllers.build import check_endpoints
 
     misuse = realtime_misuse(args)
+    if not misuse:
+        try:
+            settings = settings_from_args(args)
+            if args.mode == "lockstep":  # (realtime checks them when it builds the controller)
+                check_endpoints(settings)  # the loopback policy: off this machine needs --insecure
+        except ValueError as exc:  # a bad --connect list, a refused endpoint (AuthError)
+            misuse = str(exc)
     if misuse:
         print(f"policyrt run: {misuse}", file=sys.stderr)
-        return 2
-    refused = _refused_endpoint(args)
-    if refused:
-        print(f"policyrt run: {refused}", file=sys.stderr)
         return 2
     if args.mode == "realtime":
         from policyrt.commands._realtime_run import run_realtime
 
-        return run_realtime(args, load_session=lambda batch: _load(args, batch_size=batch))
-    from policyrt.controllers.loop import SpecMismatchError, format_summary, run_lockstep
+        return run_realtime(args, settings)
+    from policyrt.controllers.core import SpecMismatchError
+    from policyrt.controllers.lockstep import run_lockstep
+    from policyrt.controllers.results import format_summary
     from policyrt.runtime import BundleError
 
     # Loaded before connecting, so a broken bundle or backend fails before the robot waits; a
     # robot with several environments gets a session of its batch size instead (imports warm).
     try:
-        session = _load(args, batch_size=1)
+        session = settings.session.load(settings.bundle, batch_size=1)
     except (BundleError, ImportError, RuntimeError, ValueError) as exc:
         # A refused bundle, a missing backend library, an unverified TensorRT engine, an unknown
         # backend: one line that says what to do, not a traceback.
         print(f"policyrt run: {exc}", file=sys.stderr)
         return 2
+    from policyrt.stopping import STOP
+
+    if STOP.requested:  # a signal while the bundle loaded: no session has started, nobody to tell
+        print(f"policyrt run: stopped by {STOP.reason} before the session started", file=sys.stderr)
+        return 0
     try:
         result = run_lockstep(
             session,
             args.connect[0],
             episodes=args.episodes,
-            spin_us=args.spin_us,
+            spin_us=args.spin_us or 0,  # lockstep's default: block at once
             robot_timeout_s=args.robot_timeout,
-            make_session=lambda batch: _load(args, batch_size=batch),
+            make_session=lambda batch: settings.session.load(settings.bundle, batch_size=batch),
         )
     except (SpecMismatchError, TimeoutError) as exc:
         print(f"policyrt run: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, SpecMismatchError) else 1
-    except KeyboardInterrupt:  # Ctrl-C before the session started
-        print("policyrt run: interrupted before the session started", file=sys.stderr)
-        return 130
     print(format_summary(result), flush=True)
     if args.results:
         with open(args.results, "w") as f:

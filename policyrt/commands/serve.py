@@ -13,7 +13,7 @@ endpoint and control them in real time until SIGTERM. Made for systemd (Type=not
 deploy/policyrt-controller.service) and just as usable from a shell.
 
 signals:
-  SIGTERM, SIGINT  send every robot its safe action, flush the flight recorder, exit 0
+  SIGTERM, SIGINT  send every robot its safe action, flush the recorders, exit 0
   SIGHUP           re-read the config, load its bundle, verify it against its parity.json and
                    swap it in at the next tick boundary (state reset); a bundle that fails is
                    refused with the reason and the running one keeps going
@@ -45,11 +45,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         action="store_true",
         help="check config, endpoints, keys and bundle (incl. parity) and exit; connects to nothing",
     )
-    p.add_argument(
-        "--insecure",
-        action="store_true",
-        help="allow endpoints off this machine without CURVE keys (same as insecure = true in the config)",
-    )
+    from policyrt.commands._session_args import add_flag
+
+    add_flag(p, "insecure", help_suffix=" (the same as insecure = true in the config)")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     p.set_defaults(handler=handle)
     return p
@@ -80,16 +78,17 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def _check(cfg, daemon) -> int:
-    daemon.check_supported(cfg)
-    daemon.check_endpoints(cfg)
+    from policyrt.controllers import build
+
+    build.check_endpoints(cfg)
     session = daemon.load_session(cfg)
     try:
-        rate = daemon.control_rate(cfg, session.manifest)
-        report = daemon.verify_bundle(session.bundle, cfg.backend)
+        rate = build.loop_config(cfg, session.manifest).rate_hz
+        report = daemon.verify_bundle(session.bundle, cfg.session)
     finally:
         session.close()
     print(
-        f"{cfg.path}: OK -- {len(cfg.robots)} robot(s) at {rate:g} Hz, bundle {cfg.bundle} on "
+        f"{cfg.origin}: OK -- {len(cfg.robots)} robot(s) at {rate:g} Hz, bundle {cfg.bundle} on "
         f"{session.backend_name} (parity {report.steps} steps passed)"
     )
     return 0

@@ -22,28 +22,34 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("bundle", help="bundle directory or .tar")
-    p.add_argument("--backend", default="onnxruntime", help="onnxruntime (default), torch, tensorrt or torch-cuda")
     p.add_argument("--precision", choices=["fp32", "fp16"],
                    help="tensorrt: which engine to verify (default: fp32 if built, else fp16)")
     p.add_argument("--tolerance", type=float, help="max abs error (default: parity.json's; tensorrt: 1e-4 fp32, 5e-3 fp16)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    from policyrt.commands._session_args import add_session_arguments
+
+    # No --target-return: the replay commands the returns parity.json recorded.
+    add_session_arguments(p, target_return=False)
     p.set_defaults(handler=handle)
     return p
 
 
 def handle(args) -> int:
     from policyrt.bundle import BundleError, open_bundle
+    from policyrt.commands._session_args import session_from_args
     from policyrt.runtime import ALIASES
     from policyrt.runtime.verify import verify_backend
 
+    session = session_from_args(args)
     options = {}
     if args.precision:
-        if ALIASES.get(args.backend, args.backend) != "tensorrt":
+        if ALIASES.get(session.backend, session.backend) != "tensorrt":
             print("verify failed: --precision applies to --backend tensorrt only", file=sys.stderr)
             return 1
         options["precision"] = args.precision
     try:
-        report = verify_backend(open_bundle(args.bundle), args.backend, args.tolerance, **options)
+        options.update(session.backend_options())
+        report = verify_backend(open_bundle(args.bundle), session.backend, args.tolerance, **options)
     except (BundleError, ImportError, ValueError, RuntimeError, FileNotFoundError) as err:
         print(f"verify failed: {err}", file=sys.stderr)
         return 1

@@ -1,0 +1,103 @@
+"""Build a real-time controller from its settings: the one builder of `policyrt run --mode realtime`
+and `policyrt serve` (controllers/daemon.py).
+
+Whatever front-end produced the settings (flags or a TOML file), the same pieces come out of the
+same code: the loopback policy and the CURVE client, the loop's config at the bundle's rate where
+none was given, telemetry, the flight recorder and the episode recorder. A message about a
+setting names it the way its writer knows it (`--rate HZ` or `rate_hz in FILE`,
+ControllerSettings.describe).
+
+Board-side module: standard library, numpy and pyzmq only, Python 3.10.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from policyrt.controllers.settings import ControllerSettings, RealtimeConfig
+from policyrt.stopping import STOP, StopRequest
+
+
+def check_endpoints(settings: ControllerSettings):
+    """Apply the loopback policy to every endpoint; returns the CURVE client setup (or None)."""
+    from policyrt.controllers.auth import check_endpoint, load_client
+
+    auth = settings.auth
+    curve = load_client(auth.keys, auth.client) if auth.keys else None
+    for endpoint in settings.robots:
+        check_endpoint(endpoint, secured=curve is not None, insecure=settings.insecure,
+                       what="robot endpoint", how=settings.describe("auth.keys"))
+    if settings.telemetry.pub:
+        # The telemetry socket is plain PUB (it carries no commands); off loopback it needs the
+        # explicit opt-in like any other plain socket.
+        check_endpoint(settings.telemetry.pub, secured=False, insecure=settings.insecure,
+                       what=settings.label("telemetry.pub"), how=None)
+    return curve
+
+
+def loop_config(settings: ControllerSettings, manifest) -> RealtimeConfig:
+    """The loop's config, at the bundle's recommended rate where the settings give none."""
+    try:
+        return settings.loop.at_bundle_rate(manifest)
+    except ValueError as exc:
+        raise ValueError(f"{exc}: set {settings.describe('loop.rate_hz')}") from None
+
+
+def make_telemetry(settings: ControllerSettings):
+    telemetry = settings.telemetry
+    if not telemetry.pub and not telemetry.prometheus_port:
+        return None
+    from policyrt.controllers.telemetry import Telemetry
+
+    return Telemetry(telemetry.pub, prometheus_port=telemetry.prometheus_port)
+
+
+def make_flight_recorder(settings: ControllerSettings):
+    if settings.flight_recorder.dir is None:
+        return None
+    from policyrt.controllers.flight_recorder import FlightRecorder
+
+    return FlightRecorder(settings.flight_recorder.dir, capacity=settings.flight_recorder.ticks)
+
+
+def make_episode_recorder(settings: ControllerSettings, command: str):
+    if settings.recording.dataset is None:
+        return None
+    from policyrt.controllers.episode_recorder import EpisodeRecorder
+
+    return EpisodeRecorder(settings.recording.dataset, fmt=settings.recording.format, command=command)
+
+
+def build_controller(settings: ControllerSettings, session, *, curve, command: str = ""):
+    """The RealtimeController of `settings` around a loaded `session` (one slot per robot).
+
+    curve: check_endpoints' result (checked before the session loads, so a refused endpoint fails
+    fast). command: the command line recorded into an episode dataset."""
+    from policyrt.controllers.realtime_loop import RealtimeController
+
+    return RealtimeController(
+        session,
+        list(settings.robots),
+        loop_config(settings, session.manifest),
+        telemetry=make_telemetry(settings),
+        recorder=make_flight_recorder(settings),
+        curve=curve,
+        episodes=make_episode_recorder(settings, command),
+    )
+
+
+def stop_on_request(controller, stop: StopRequest = STOP, also=None) -> threading.Thread:
+    """A thread that turns the process's stop request (SIGINT, SIGTERM, stop.request()) into
+    `controller.request_stop()` at once, then calls `also()` if given; it ends with the process.
+    The loop reads its stop flag at the next tick boundary, so the stop costs at most one tick."""
+
+    def watch() -> None:
+        while not stop.wait(3600.0):
+            pass
+        controller.request_stop()
+        if also is not None:
+            also()
+
+    thread = threading.Thread(target=watch, name="policyrt-stop", daemon=True)
+    thread.start()
+    return thread
