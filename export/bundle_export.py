@@ -72,8 +72,7 @@ def export_policy(policy, doc: dict, source: Path, out: Path, name: str | None =
         save_checkpoint(policy, work / "reference", extra=extra)
 
         progress("recording the reference rollout and replaying it on ONNX Runtime ...")
-        obs_mean = np.array(config.obs_mean or [0.0] * config.obs_dim)
-        obs_std = np.array(config.obs_std or [1.0] * config.obs_dim)
+        obs_mean, obs_std = (np.array(v) for v in config.obs_normalization)
         inputs, ref_actions, ref_states = record_reference(step, obs_mean, obs_std, config.act_dim, config.target_return)
 
         dataset = doc.get("dataset", {})

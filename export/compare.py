@@ -67,10 +67,12 @@ class DriftReport:
 
 def random_inputs(manifest, steps: int, seed: int):
     """Smooth random observations scaled like the policy's training data, random rewards, resets."""
+    from policyrt.policies.kinds import config_class
+
     rng = np.random.default_rng(seed)
-    cfg = manifest.raw["policy"]["config"]
-    mean = np.asarray(cfg.get("obs_mean") or [0.0] * manifest.obs_dim, np.float32)
-    std = np.asarray(cfg.get("obs_std") or [1.0] * manifest.obs_dim, np.float32)
+    policy = manifest.raw["policy"]
+    config = config_class(policy["kind"]).from_dict(policy["config"])
+    mean, std = (np.asarray(v, np.float32) for v in config.obs_normalization)
     resets = np.zeros(steps, bool)
     resets[0] = True
     resets[rng.choice(np.arange(1, steps), size=min(3, steps - 1), replace=False)] = True

@@ -13,7 +13,6 @@ def register_config_buffers(module: torch.nn.Module, config) -> None:
     high = torch.tensor(config.action_high, dtype=torch.float32)
     module.register_buffer("act_center", (high + low) / 2, persistent=False)
     module.register_buffer("act_half_range", (high - low) / 2, persistent=False)
-    mean = torch.tensor(config.obs_mean or [0.0] * config.obs_dim, dtype=torch.float32)
-    std = torch.tensor(config.obs_std or [1.0] * config.obs_dim, dtype=torch.float32)
-    module.register_buffer("obs_mean", mean, persistent=False)
-    module.register_buffer("obs_std", std, persistent=False)
+    mean, std = config.obs_normalization
+    module.register_buffer("obs_mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
+    module.register_buffer("obs_std", torch.tensor(std, dtype=torch.float32), persistent=False)

@@ -46,6 +46,11 @@ class PolicyConfig:
             if value and len(value) != self.obs_dim:
                 raise ValueError(f"{name} has {len(value)} entries, obs_dim is {self.obs_dim}")
 
+    @property
+    def obs_normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) the graph applies to observations: zeros and ones where the fields are empty."""
+        return self.obs_mean or (0.0,) * self.obs_dim, self.obs_std or (1.0,) * self.obs_dim
+
     def to_dict(self) -> dict:
         return asdict(self)
 
