@@ -76,6 +76,60 @@ def test_two_truncated_episodes_round_trip_between_processes(transport, tmp_path
     assert "episodes: 2" in out
 
 
+def test_a_terminal_obs_waits_for_its_answer_whose_action_is_no_step(tmp_path):
+    """Protocol version 2, for one environment as for P: the robot waits for the ACT answering a
+    terminal OBS (a stale one does not count), ignores its action and resets on that tick."""
+    ep = endpoint_for("ipc")
+    results = tmp_path / "serve.json"
+    server = start_sim_server(ep, "--episodes", "2", "--env-arg", "max_episode_steps=3", results=results)
+    ctl = RawController(ep)
+    try:
+        ctl.hello()
+        obs = ctl.recv()
+        for _ in range(3):
+            ctl.answer(obs, [0.5])
+            obs = ctl.recv()
+        assert obs.flags == ObsFlag.TRUNCATED and (obs.episode, obs.step) == (0, 3)
+        ctl.send(bytes(Encoder(act_dim=1).act([0.0], ack=obs.seq + 7)))  # stale: still waiting
+        assert ctl.link.recv(0.5) is None  # no RESET OBS before the terminal one is answered
+        ctl.answer(obs, [3.0])  # ignored: a reset, not a step
+        fresh = ctl.recv()
+        assert fresh.flags == ObsFlag.RESET and (fresh.episode, fresh.step) == (1, 0) and fresh.reward == 0.0
+        obs = fresh
+        while not obs.flags & ObsFlag.TRUNCATED:
+            ctl.answer(obs)
+            obs = ctl.recv()
+        assert ctl.recv().type is MsgType.BYE  # the last episode ended: BYE instead of waiting
+    finally:
+        ctl.close()
+    code, _, err = finish(server)
+    assert code == 0, err
+    report = json.loads(results.read_text())
+    assert report["steps"] == 6 and [e["length"] for e in report["episodes"]] == [3, 3]
+    assert report["errors"] == {"stale": 1}
+
+
+def test_sigint_and_sigterm_end_the_server_with_bye_a_summary_and_exit_zero(tmp_path):
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        ep = endpoint_for("ipc")
+        results = tmp_path / f"serve-{sig.name}.json"
+        server = start_sim_server(ep, results=results)
+        ctl = RawController(ep)
+        try:
+            ctl.hello()
+            ctl.answer(ctl.recv())
+            ctl.recv()  # mid-episode: the server waits for this answer
+            server.send_signal(sig)
+            assert ctl.recv().type is MsgType.BYE
+        finally:
+            ctl.close()
+        code, out, err = finish(server)
+        assert code == 0, err
+        assert "Traceback" not in err and f"stopped: interrupted (stopped by {sig.name}" in out
+        report = json.loads(results.read_text())
+        assert report["stop_reason"] == "interrupted" and report["aborted_episodes"] == 1
+
+
 def test_controller_that_is_killed_ends_the_server_with_a_clear_message(tmp_path):
     ep = endpoint_for("ipc")
     results = tmp_path / "serve.json"
