@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .xlstm_import import cuda_layout_cell, read_source, slstm_cuda_to_vanilla, stack_config_from_dict
+from .xlstm_source import cuda_layout_cell, read_source, slstm_cuda_to_vanilla, stack_config_from_dict
 
 
 class PackageStackReference:
