@@ -145,6 +145,34 @@ def test_operator_estop_and_clear_reach_the_controller_through_the_robot(tmp_pat
     assert list((tmp_path / "fr").glob("flight-*-estop.npz"))  # the e-stop was recorded
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stopped_realtime_sim_says_bye_to_its_controller_and_exits_zero(tmp_path, sig):
+    import time
+
+    from policyrt.protocol import Encoder, MsgType
+    from policyrt.stream import open_session_link
+
+    ep = endpoint_for("ipc")
+    results = tmp_path / "sim.json"
+    sim = realtime_sim(ep, results=results)
+    session = open_session_link(ep, bind=False)
+    try:
+        while not session.send(Encoder().control(MsgType.HELLO)):  # IMMEDIATE: wait for the connection
+            time.sleep(0.01)
+        msg = session.recv(PATIENCE_S)
+        assert msg is not None and msg.type is MsgType.SPEC
+        sim.send_signal(sig)
+        while (msg := session.recv(PATIENCE_S)) is not None and msg.type is not MsgType.BYE:
+            pass  # ESTOP/CLEAR repeats are the only other frames the robot sends here
+        assert msg is not None, "no BYE from the stopped robot"
+    finally:
+        session.close()
+    code, out, err = finish(sim)
+    assert code == 0, err
+    assert "Traceback" not in err and f"stopped: interrupted (stopped by {sig.name}" in out
+    assert json.loads(results.read_text())["stop_reason"] == "interrupted"
+
+
 def test_estop_without_a_robot_says_nothing_was_sent():
     code, _, err = finish(policyrt("estop", endpoint_for("ipc"), "--timeout", "0.2"))
     assert code == 1 and "nothing was sent" in err

@@ -40,7 +40,9 @@ def finish(proc) -> tuple[int, str, str]:
 def test_two_truncated_episodes_round_trip_between_processes(transport, tmp_path):
     ep = endpoint_for(transport)
     results = tmp_path / "serve.json"
-    server = start_sim_server(ep, "--episodes", "2", "--env-arg", "max_episode_steps=20", results=results)
+    events = tmp_path / "events.jsonl"
+    server = start_sim_server(ep, "--episodes", "2", "--env-arg", "max_episode_steps=20", "--events", str(events),
+                              results=results)
     ctl = RawController(ep)
     try:
         spec = ctl.hello()
@@ -74,6 +76,9 @@ def test_two_truncated_episodes_round_trip_between_processes(transport, tmp_path
     ] * 2
     assert report["errors"] == {} and report["steps"] == 40
     assert "episodes: 2" in out
+    # on_episode: each finished episode's stats as it ended (here written out by --events)
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    assert [{k: v for k, v in e.items() if k != "event"} for e in lines] == report["episodes"]
 
 
 def test_a_terminal_obs_waits_for_its_answer_whose_action_is_no_step(tmp_path):
