@@ -20,9 +20,13 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class PolicyKind:
     config: str
+    """The frozen config dataclass (a policy_config.PolicyConfig) whose `kind` default is the kind's name."""
     policy: str
+    """The PyTorch policy: `Policy(config)`, its state_dict is the checkpoint's model.safetensors."""
     step: str
+    """The export step form: `Step(policy)`, with the graph inputs and state of policyrt.contract."""
     train_args: str | None = None
+    """The trainer's arguments (a training_loop.TrainArgs, whose `run` trains); None: import only."""
 
 
 KINDS = {
