@@ -196,6 +196,7 @@ def test_malformed_acts_are_counted_logged_once_per_kind_and_the_episode_goes_on
     }
     assert report["episodes"][0]["length"] == 3
     assert err.count("rejected a message (dims)") == 1
+    assert "peer speaks protocol version 1, this side speaks 2: upgrade the peer" in err
 
 
 def test_bye_from_the_controller_ends_the_server_cleanly(tmp_path):

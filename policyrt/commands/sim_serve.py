@@ -11,7 +11,8 @@ import sys
 DESCRIPTION = """\
 Serve a Gymnasium MuJoCo environment as a stand-in robot. The server binds ENDPOINT, waits for a
 controller's HELLO, announces the environment (SPEC) and steps it with the controller's actions,
-one ACT per observation (lockstep). It stops after --episodes episodes, when the controller says
+one ACT per observation (lockstep; the answer to an episode's last observation starts the next
+episode instead of stepping). It stops after --episodes episodes, when the controller says
 BYE, or when the controller is silent for --controller-timeout seconds.
 
 --num-envs P serves P copies of the environment to one controller in batched frames (one row per
@@ -182,6 +183,7 @@ def handle(args: argparse.Namespace) -> int:
         print("policyrt sim serve: --rate, --duration and --act-timeout need --mode realtime", file=sys.stderr)
         return 2
     from policyrt.sim.lockstep_driver import format_result, serve
+    from policyrt.sim.robot import FAILED_STOPS
 
     try:  # serve refuses impossible layouts (P < 1, P > 1 with seeding 'first') before binding
         # AuthError is a ValueError: refused endpoints and missing keys are one line, exit 2.
@@ -198,7 +200,7 @@ def handle(args: argparse.Namespace) -> int:
         print(f"policyrt sim serve: {err}", file=sys.stderr)
         return 2
     print(format_result(result), flush=True)
-    return 1 if result.stop_reason in ("controller_lost", "no_controller") else 0
+    return 1 if result.stop_reason in FAILED_STOPS else 0
 
 
 def _serve(args, serve, curve=None):
@@ -224,6 +226,7 @@ def _serve(args, serve, curve=None):
 
 def _serve_realtime(args, curve=None) -> int:
     from policyrt.sim.realtime_driver import format_realtime_result, serve_realtime
+    from policyrt.sim.robot import FAILED_STOPS
 
     if args.num_envs != 1 or args.seeding not in (None, "first") or args.stage_times:
         print(
@@ -257,7 +260,7 @@ def _serve_realtime(args, curve=None) -> int:
         print(f"policyrt sim serve: {err}", file=sys.stderr)
         return 2
     print(format_realtime_result(result), flush=True)
-    return 1 if result.stop_reason in ("controller_lost", "no_controller") else 0
+    return 1 if result.stop_reason in FAILED_STOPS else 0
 
 
 def _episode_events(args):
