@@ -51,21 +51,14 @@ def stack_config_from_dict(data: dict, where: str = "stack"):
     """`xLSTMBlockStackConfig` from a dict (its `dataclasses.asdict`, or hand-written like the package's
     YAML examples), strictly: unknown fields are refused. Fields the package derives (leading underscore)
     are recomputed by it; what they describe is checked against the weights' shapes."""
-    from xlstm import (
-        FeedForwardConfig,
-        mLSTMBlockConfig,
-        mLSTMLayerConfig,
-        sLSTMBlockConfig,
-        sLSTMLayerConfig,
-        xLSTMBlockStackConfig,
-    )
+    import xlstm
 
     nested = {
-        (xLSTMBlockStackConfig, "mlstm_block"): mLSTMBlockConfig,
-        (xLSTMBlockStackConfig, "slstm_block"): sLSTMBlockConfig,
-        (mLSTMBlockConfig, "mlstm"): mLSTMLayerConfig,
-        (sLSTMBlockConfig, "slstm"): sLSTMLayerConfig,
-        (sLSTMBlockConfig, "feedforward"): FeedForwardConfig,
+        (xlstm.xLSTMBlockStackConfig, "mlstm_block"): xlstm.mLSTMBlockConfig,
+        (xlstm.xLSTMBlockStackConfig, "slstm_block"): xlstm.sLSTMBlockConfig,
+        (xlstm.mLSTMBlockConfig, "mlstm"): xlstm.mLSTMLayerConfig,
+        (xlstm.sLSTMBlockConfig, "slstm"): xlstm.sLSTMLayerConfig,
+        (xlstm.sLSTMBlockConfig, "feedforward"): xlstm.FeedForwardConfig,
     }
 
     def build(cls, values, path):
@@ -87,7 +80,7 @@ def stack_config_from_dict(data: dict, where: str = "stack"):
         except (AssertionError, TypeError, ValueError) as err:
             raise ImportRefused(f"config.json: {path} is not a valid {cls.__name__}: {err}") from err
 
-    return build(xLSTMBlockStackConfig, data, where)
+    return build(xlstm.xLSTMBlockStackConfig, data, where)
 
 
 def cuda_layout_cell(vanilla_cell):
