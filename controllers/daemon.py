@@ -124,6 +124,7 @@ class Daemon:
         # SIGHUP's handler writes a byte here (no lock taken in a handler, as in policyrt/stopping.py);
         # the reload thread waits on the other end.
         self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
         self._wake_writer.setblocking(False)
         self._dump_unavailable = False
         self._stopping = threading.Event()

@@ -12,6 +12,7 @@ def run_realtime(args, settings) -> int:
     from policyrt.controllers.build import build_controller, check_endpoints, stop_on_request
     from policyrt.controllers.realtime_loop import format_result
     from policyrt.runtime import BundleError
+    from policyrt.stopping import STOP
 
     try:
         curve = check_endpoints(settings)
@@ -21,7 +22,8 @@ def run_realtime(args, settings) -> int:
         print(f"policyrt run: {exc}", file=sys.stderr)
         return 2
     # SIGTERM (systemd, kill) ends the run like Ctrl-C: safe action, BYE, summary, exit 0.
-    stop_on_request(controller)
+    STOP.install()  # whatever this process inherited (idempotent: the CLI's main() installs it too)
+    stop_on_request(controller, STOP)
     if controller.recorder is not None:
         controller.recorder.install_signal()
     result = controller.run(stop_after_s=args.duration)
