@@ -53,3 +53,22 @@ def test_run_refuses_an_unusable_backend_in_one_line(tiny_bundle, capsys, backen
     assert main(["run", str(tiny_bundle), "--connect", "ipc:///tmp/policyrt-never.sock", "--backend", backend]) == 2
     err = capsys.readouterr().err
     assert err.startswith("policyrt run:") and message in err and "Traceback" not in err
+
+
+SESSION_COMMANDS = ["run", "eval", "bench", "verify", "compare", "demo"]
+
+
+@pytest.mark.parametrize("command", SESSION_COMMANDS)
+def test_every_command_that_loads_a_session_takes_the_one_session_group(command, capsys):
+    """--backend/--threads/--target-return come from one definition, with one default backend."""
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps help lines
+    assert "--backend NAME" in out and "(default: onnxruntime)" in out and "--threads N" in out
+    # verify replays the returns parity.json recorded: a commanded return would mean nothing there.
+    assert ("--target-return R" in out) == (command != "verify")
+
+
+def test_bench_refuses_session_flags_without_the_closed_loop(tiny_bundle, capsys):
+    assert main(["bench", str(tiny_bundle), "--backend", "torch"]) == 2
+    assert "--backend only apply with --loop" in capsys.readouterr().err
