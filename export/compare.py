@@ -67,12 +67,10 @@ class DriftReport:
 
 def random_inputs(manifest, steps: int, seed: int):
     """Smooth random observations scaled like the policy's training data, random rewards, resets."""
-    from policyrt.policies.kinds import config_class
+    from policyrt.policies.kinds import manifest_config
 
     rng = np.random.default_rng(seed)
-    policy = manifest.raw["policy"]
-    config = config_class(policy["kind"]).from_dict(policy["config"])
-    mean, std = (np.asarray(v, np.float32) for v in config.obs_normalization)
+    mean, std = (np.asarray(v, np.float32) for v in manifest_config(manifest).obs_normalization)
     resets = np.zeros(steps, bool)
     resets[0] = True
     resets[rng.choice(np.arange(1, steps), size=min(3, steps - 1), replace=False)] = True

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .kinds import manifest_config
+
 
 class ReferenceDT:
     def __init__(self, forward, obs_dim, act_dim, context, return_scale, max_ep_len, obs_mean=None, obs_std=None,
@@ -87,20 +89,14 @@ def dt_original_reference(source: Path, manifest) -> ReferenceDT:
     from .dt_import import load_weights
 
     weights = {k.replace("transformer.", "encoder.", 1): v for k, v in load_weights(source).items()}
-    model = hf_model_from_dt_config(_config(manifest), weights)
+    model = hf_model_from_dt_config(manifest_config(manifest), weights)
     model.encoder.wpe.weight.data.zero_()  # the original architecture has no position embedding
     return _evaluation_loop(model, manifest)
 
 
-def _config(manifest):
-    from .dt_config import DTPolicyConfig
-
-    return DTPolicyConfig.from_dict(manifest.raw["policy"]["config"])
-
-
 def _evaluation_loop(model, manifest) -> ReferenceDT:
     """`model` in the reference loop, with the normalization, bounds and scales the bundle records."""
-    cfg = _config(manifest)
+    cfg = manifest_config(manifest)
     mean = np.asarray(cfg.obs_mean, np.float32) if cfg.obs_mean else None
     std = np.asarray(cfg.obs_std, np.float32) if cfg.obs_std else None
     bounds = (cfg.action_low, cfg.action_high) if cfg.action_tanh else (None, None)

@@ -70,6 +70,11 @@ def config_class(kind: str):
     return resolve(entry(KINDS, kind, "policy kind").config)
 
 
+def manifest_config(manifest):
+    """The policy config a bundle's manifest records (`policy.kind` and `policy.config`)."""
+    return config_class(manifest.kind).from_dict(manifest.raw["policy"]["config"])
+
+
 def train_args_classes() -> dict:
     """kind -> its trainer's `TrainArgs` class, for every kind that has a trainer."""
     return {kind: resolve(parts.train_args) for kind, parts in KINDS.items() if parts.train_args}

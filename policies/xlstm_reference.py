@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .kinds import manifest_config
 from .xlstm_source import cuda_layout_cell, read_source, slstm_cuda_to_vanilla, stack_config_from_dict
 
 
@@ -66,7 +67,7 @@ def package_reference(source: Path, manifest) -> PackageStackReference:
     from xlstm import xLSTMBlockStack
 
     source_doc, _ = read_source(Path(source))
-    config = manifest.raw["policy"]["config"]
+    config = manifest_config(manifest)
     stack_cfg = stack_config_from_dict(source_doc["stack"])
     backend = None
     if stack_cfg.slstm_block is not None and stack_cfg.slstm_at:
@@ -94,7 +95,7 @@ def package_reference(source: Path, manifest) -> PackageStackReference:
 
     return PackageStackReference(
         stack, linear("input_proj"), linear("output_proj"), source_doc["inputs"],
-        obs_mean=config.get("obs_mean") or None, obs_std=config.get("obs_std") or None,
-        action_low=config["action_low"], action_high=config["action_high"],
-        action_squash=config.get("action_squash", "tanh"), return_scale=config.get("return_scale", 1.0),
+        obs_mean=config.obs_mean or None, obs_std=config.obs_std or None,
+        action_low=config.action_low, action_high=config.action_high,
+        action_squash=config.action_squash, return_scale=config.return_scale,
     )
