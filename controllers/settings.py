@@ -30,7 +30,7 @@ from policyrt.controllers import checks
 
 # One default backend for every command (the TOML file's, `run`'s, `verify`'s ...): the name of
 # what runs. "auto" is accepted as a synonym and has only ever meant ONNX Runtime
-# (runtime.make_backend); a default that named a choice the runtime does not make would let a
+# (runtime.AUTO_BACKEND); a default that named a choice the runtime does not make would let a
 # robot's backend change under it on the day "auto" learned to choose.
 DEFAULT_BACKEND = "onnxruntime"
 
@@ -41,8 +41,8 @@ class Setting:
 
     help: str
     check: Callable  # a TOML-native value (str, number, bool, list) -> the field's value
-    toml: str | None = None  # its key in the config file: "key" (top level) or "section.key"
-    flag: str | None = None  # its `policyrt run` option ("--max-delta") or positional ("bundle")
+    toml: str  # its key in the config file: "key" (top level) or "section.key"
+    flag: str  # its `policyrt run` option ("--max-delta") or positional ("bundle")
     metavar: str | None = None
     default_text: str | None = None  # the default as --help states it, where the value says little
     text: Callable[[str], Any] = checks.literal  # command-line text -> a TOML-native value
