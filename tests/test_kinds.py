@@ -99,3 +99,19 @@ def test_labels_outside_the_choices_are_refused_by_argparse(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "xlstm", "--data", "d", "--out", "o", "--labels", "clean"])
     assert "invalid choice: 'clean' (choose from" in capsys.readouterr().err
+
+
+def test_unknown_names_are_refused_with_what_is_supported(tmp_path):
+    pytest.importorskip("safetensors")
+    from policyrt.policies.checkpoint import load_checkpoint
+    from policyrt.policies.importers import ImportRefused, run_importer
+    from policyrt.policies.references import make_reference
+
+    (tmp_path / "config.json").write_text(json.dumps({"kind": "mamba", "config": {}}))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"config.json: unsupported policy kind 'mamba' \(supported: xlstm, dt\)"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(ImportRefused, match="unknown --from 'onnx'; available: hf-dt, dt-original, xlstm-stack"):
+        run_importer("onnx", tmp_path, {})
+    with pytest.raises(ValueError, match=r"unsupported reference kind 'onnx' \(supported: checkpoint, hf-dt"):
+        make_reference("onnx", tmp_path, None)
