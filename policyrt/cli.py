@@ -1,30 +1,24 @@
-"""The `policyrt` command: one entry point, one module per subcommand under policyrt/commands/."""
+"""The `policyrt` command: one entry point, one module per subcommand under policyrt/commands/.
+
+Signals: main() installs policyrt.stopping.STOP before anything else is imported, so SIGINT and
+SIGTERM are handled whatever the process inherited (SIG_IGN from a background start included) and
+a signal during start-up is a stop request, not a traceback. The long-running commands
+(STOP_DRIVEN) keep it: their drivers stop within one tick or receive, say BYE, print the summary
+and exit 0. The others are one-shot work that Ctrl-C simply aborts: for them SIGINT is handed back
+to KeyboardInterrupt (exit 130) and SIGTERM to its default, once the command line is parsed.
+"""
 
 from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
 
-from .commands import (
-    bench,
-    build_engine,
-    collect,
-    compare,
-    demo,
-    estop,
-    eval,
-    export,
-    info,
-    keys,
-    lint,
-    run,
-    serve,
-    sim_serve,
-    top,
-    train,
-    verify,
-)
+from policyrt.stopping import STOP
+
+# (command, subcommand) of the commands whose drivers watch STOP.
+STOP_DRIVEN = frozenset({("run", None), ("serve", None), ("sim", "serve")})
 
 DESCRIPTION = """\
 policyrt deploys sequence-model robot policies (xLSTM, Decision Transformer): train or import a
@@ -44,6 +38,26 @@ each subcommand has its own --help."""
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .commands import (
+        bench,
+        build_engine,
+        collect,
+        compare,
+        demo,
+        estop,
+        eval,
+        export,
+        info,
+        keys,
+        lint,
+        run,
+        serve,
+        sim_serve,
+        top,
+        train,
+        verify,
+    )
+
     parser = argparse.ArgumentParser(prog="policyrt", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"policyrt {__import__('policyrt').__version__}")
@@ -59,14 +73,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    STOP.install()  # first: see the module docstring
     words = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(words)
     # Recorded into datasets, checkpoints and manifests so every artifact says how to remake it.
     args.command_line = shlex.join(["policyrt", *words])
+    command = (args.command, getattr(args, "sim_command", None))
+    name = " ".join(w for w in command if w)
     try:
+        if command not in STOP_DRIVEN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if STOP.requested:  # a signal during start-up (after the hand-over it is KeyboardInterrupt)
+            print(f"policyrt {name}: stopped by {STOP.reason} before it started", file=sys.stderr)
+            return 0
         return int(args.handler(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # a one-shot command aborted
+        print(f"policyrt {name}: interrupted", file=sys.stderr)
         return 130
 
 

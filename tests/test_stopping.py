@@ -1,12 +1,15 @@
 """The one stop mechanism (policyrt/stopping.py): the StopRequest itself, a Link woken by it, and
-every long-running command stopped by SIGINT or SIGTERM whatever SIGINT state it inherited.
+the long-running commands stopped by SIGINT or SIGTERM whatever SIGINT state they inherited.
 
-Signals are sent to real child processes only: the test process keeps its own handlers."""
+Signals are sent to real child processes only: the test process keeps its own handlers. The
+stress tests draw their moments from a base seed (POLICYRT_STOP_SEED, else a fresh one), which
+every failure message names; tests/stop_helpers.py says what each moment is."""
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import select
 import signal
 import subprocess
@@ -14,15 +17,49 @@ import sys
 import textwrap
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
-from wire_helpers import PATIENCE_S, endpoint_for, python_env
+from stop_helpers import (
+    SIGINT_STATES,
+    Case,
+    LockstepRobot,
+    SimController,
+    finish,
+    play_lockstep_until_signal,
+    play_sim_until_signal,
+    wait_for_handlers,
+)
+from wire_helpers import (
+    PATIENCE_S,
+    ScriptedRobot,
+    endpoint_for,
+    pendulum_spec,
+    python_env,
+    reap_processes,
+    start_policyrt,
+    start_sim_server,
+)
 
 from policyrt.link import Link
 from policyrt.protocol import Encoder, ErrorTally, MsgType
 from policyrt.stopping import StopRequest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUNDLE = Path(ROOT) / "bundles" / "inverted-pendulum-xlstm.policy"
+needs_bundle = pytest.mark.skipif(not BUNDLE.exists(), reason="the shipped bundle is not built")
+needs_proc = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc/PID/status")
+PHASES = ("connect", "mid-episode", "between-episodes")
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STRESS_REPEATS = 50  # per signal and inherited SIGINT state (issue 11)
+BASE_SEED = int(os.environ.get("POLICYRT_STOP_SEED", random.SystemRandom().randrange(2**31)))
+
+
+@pytest.fixture(autouse=True)
+def _reap():
+    yield
+    reap_processes()
 
 
 # --- in this process: programmatic requests -----------------------------------------------------
@@ -155,3 +192,146 @@ def test_another_handled_signal_wakes_the_receive_without_stopping_it():
     assert proc.stdout.readline() == "usr1\n"
     assert proc.poll() is None
     assert _stopped_by(proc, signal.SIGTERM) == "None SIGTERM"
+
+
+# --- `policyrt run` (lockstep) against a scripted robot -------------------------------------------
+
+
+def stop_the_controller(case: Case) -> str:
+    """One `policyrt run` stopped at the case's moment: BYE at the robot, the summary, exit 0, all
+    within the limit, no traceback. Returns the summary's first line."""
+    ep = endpoint_for("ipc")
+    robot = ScriptedRobot(ep, pendulum_spec())
+    try:
+        proc = start_policyrt("run", str(BUNDLE), "--connect", ep, "--robot-timeout", str(PATIENCE_S),
+                              sigint=case.sigint)
+        lockstep = LockstepRobot(robot, random.Random(case.seed + 1))
+        try:
+            sent = play_lockstep_until_signal(lockstep, proc, case)
+            lockstep.until_bye(sent)
+        except AssertionError as exc:
+            proc.kill()
+            out, err = proc.communicate()
+            raise AssertionError(f"{case}: {exc}\n--- stdout ---\n{out[-1500:]}\n--- stderr ---\n{err[-3000:]}") from None
+        out, _ = finish(proc, sent, case)
+    finally:
+        robot.close()
+    name = signal.Signals(case.signum).name
+    assert out.startswith("stopped: interrupted (") and name in out.splitlines()[0], f"{case}: {out}"
+    assert "protocol errors: none" in out, f"{case}: {out}"
+    return out.splitlines()[0]
+
+
+def stress(stop_one, cases: list[Case]) -> None:
+    """Every case, two processes at a time; all failures reported together (with their seeds)."""
+    failures = []
+
+    def attempt(case):
+        try:
+            stop_one(case)
+        except AssertionError as exc:
+            failures.append(str(exc))
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(attempt, cases))
+    assert not failures, f"{len(failures)}/{len(cases)} stops failed (base seed {BASE_SEED}):\n" + "\n\n".join(failures[:3])
+
+
+@needs_bundle
+def test_sigint_and_sigterm_stop_the_lockstep_controller_with_bye_and_a_summary():
+    # The fast proof, in both inherited states: mid-episode and between episodes.
+    stress(stop_the_controller, [
+        Case(BASE_SEED, signal.SIGINT, "SIG_IGN", "mid-episode"),
+        Case(BASE_SEED + 1, signal.SIGTERM, "SIG_DFL", "between-episodes"),
+    ])
+
+
+@pytest.mark.slow
+@needs_bundle
+@pytest.mark.parametrize("sigint_state", SIGINT_STATES)
+@pytest.mark.parametrize("signum", SIGNALS, ids=[s.name for s in SIGNALS])
+def test_stress_a_signal_at_random_moments_stops_the_lockstep_controller(signum, sigint_state):
+    rng = random.Random(f"{BASE_SEED}-{signum}-{sigint_state}")
+    cases = [Case(rng.randrange(2**31), signum, SIGINT_STATES[sigint_state], PHASES[i % len(PHASES)])
+             for i in range(STRESS_REPEATS)]
+    stress(stop_the_controller, cases)
+
+
+# --- start-up: a signal before the session ------------------------------------------------------
+
+
+def stop_during_start_up(case: Case) -> None:
+    """A signal after main() installed STOP but before the session: importing, loading the bundle,
+    or waiting for the SPEC of a robot that never answers. Exit 0, quietly; BYE if HELLO went out."""
+    ep = endpoint_for("ipc")
+    robot = ScriptedRobot(ep, pendulum_spec())
+    try:
+        proc = start_policyrt("run", str(BUNDLE), "--connect", ep, sigint=case.sigint)
+        wait_for_handlers(proc)
+        time.sleep(random.Random(case.seed).uniform(0.0, 0.5))
+        sent = time.monotonic()
+        proc.send_signal(case.signum)
+        out, err = finish(proc, sent, case)
+        seen = []
+        while (msg := robot.link.recv(0)) is not None:
+            seen.append(msg.type)
+    finally:
+        robot.close()
+    name = signal.Signals(case.signum).name
+    if MsgType.HELLO in seen:  # it had started a session: it ended it
+        assert seen[-1] is MsgType.BYE and out.startswith("stopped: interrupted"), f"{case}: {seen}\n{out}"
+    else:
+        assert err.strip().splitlines()[-1] == f"policyrt run: stopped by {name} before the session started" or \
+            err.strip().splitlines()[-1] == f"policyrt run: stopped by {name} before it started", f"{case}: {err}"
+
+
+@needs_bundle
+@needs_proc
+def test_a_signal_during_start_up_ends_the_command_quietly():
+    stop_during_start_up(Case(BASE_SEED, signal.SIGINT, "SIG_IGN", "start-up"))
+
+
+@pytest.mark.slow
+@needs_bundle
+@needs_proc
+@pytest.mark.parametrize("sigint_state", SIGINT_STATES)
+@pytest.mark.parametrize("signum", SIGNALS, ids=[s.name for s in SIGNALS])
+def test_stress_a_signal_during_start_up_ends_the_command_quietly(signum, sigint_state):
+    rng = random.Random(f"{BASE_SEED}-start-{signum}-{sigint_state}")
+    stress(stop_during_start_up, [Case(rng.randrange(2**31), signum, SIGINT_STATES[sigint_state], "start-up")
+                                  for _ in range(10)])
+
+
+# --- `policyrt sim serve` against a hand-driven controller ----------------------------------------
+
+
+def stop_the_sim_server(case: Case) -> None:
+    ep = endpoint_for("ipc")
+    proc = start_sim_server(ep, "--env-arg", "max_episode_steps=6", sigint=case.sigint)
+    ctl = SimController(ep)
+    try:
+        try:
+            sent = play_sim_until_signal(ctl, proc, case)
+            ctl.until_bye(sent)
+        except AssertionError as exc:
+            proc.kill()
+            out, err = proc.communicate()
+            raise AssertionError(f"{case}: {exc}\n--- stdout ---\n{out[-1500:]}\n--- stderr ---\n{err[-3000:]}") from None
+        out, _ = finish(proc, sent, case)
+    finally:
+        ctl.close()
+    name = signal.Signals(case.signum).name
+    assert "stopped: interrupted" in out and name in out, f"{case}: {out}"
+
+
+def test_sigterm_stops_the_sim_server_with_bye_and_a_summary():
+    stress(stop_the_sim_server, [Case(BASE_SEED, signal.SIGTERM, "SIG_IGN", "mid-episode")])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sigint_state", SIGINT_STATES)
+@pytest.mark.parametrize("signum", SIGNALS, ids=[s.name for s in SIGNALS])
+def test_stress_a_signal_at_random_moments_stops_the_sim_server(signum, sigint_state):
+    rng = random.Random(f"{BASE_SEED}-sim-{signum}-{sigint_state}")
+    stress(stop_the_sim_server, [Case(rng.randrange(2**31), signum, SIGINT_STATES[sigint_state], PHASES[i % 3])
+                                 for i in range(6)])

@@ -51,8 +51,26 @@ def reap_processes() -> None:
             proc.communicate()
 
 
-def _popen(cmd: list[str]) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env())
+# Sets SIGINT's disposition (argv[1]: a name in `signal`), then execs the command (argv[2:]), which
+# keeps it: an ignored signal survives exec, a handled one is reset to the default by it.
+_SIGINT_LAUNCHER = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, getattr(signal, sys.argv[1])); "
+    "os.execv(sys.argv[2], sys.argv[2:])"
+)
+
+
+def with_sigint(cmd: list[str], disposition: str = "SIG_DFL") -> list[str]:
+    """`cmd` (cmd[0] an absolute path) started with SIGINT at `disposition`, whatever this process
+    has: a pytest run in the background of a non-interactive shell has SIGINT ignored and would
+    pass that on to every child (subprocess restores SIGPIPE and SIGXFSZ only). "SIG_IGN" starts
+    the child as such a shell starts a background job (`sh -c 'cmd &'`)."""
+    return [sys.executable, "-S", "-c", _SIGINT_LAUNCHER, disposition, *cmd]
+
+
+def _popen(cmd: list[str], sigint: str = "SIG_DFL") -> subprocess.Popen:
+    proc = subprocess.Popen(
+        with_sigint(cmd, sigint), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env()
+    )
     _started.append(proc)
     return proc
 
@@ -63,17 +81,24 @@ def python_env() -> dict:
     return env
 
 
-def start_sim_server(endpoint: str, *args: str, results: Path | None = None) -> subprocess.Popen:
-    """`policyrt sim serve` for InvertedPendulum-v5 in its own process."""
+def start_sim_server(
+    endpoint: str, *args: str, results: Path | None = None, sigint: str = "SIG_DFL"
+) -> subprocess.Popen:
+    """`policyrt sim serve` for InvertedPendulum-v5 in its own process (sigint: see with_sigint)."""
     cmd = [sys.executable, "-m", "policyrt.cli", "sim", "serve", "--env", PENDULUM, "--bind", endpoint]
     cmd += ["--connect-timeout", str(PATIENCE_S), *args]
     if results is not None:
         cmd += ["--results", str(results)]
-    return _popen(cmd)
+    return _popen(cmd, sigint)
 
 
-def start_scripted_controller(endpoint: str, *args: str) -> subprocess.Popen:
-    return _popen([sys.executable, str(TESTS / "scripted_controller.py"), endpoint, *args])
+def start_scripted_controller(endpoint: str, *args: str, sigint: str = "SIG_DFL") -> subprocess.Popen:
+    return _popen([sys.executable, str(TESTS / "scripted_controller.py"), endpoint, *args], sigint)
+
+
+def start_policyrt(*args: str, sigint: str = "SIG_DFL") -> subprocess.Popen:
+    """`policyrt ARGS...` in its own process, output piped (sigint: see with_sigint)."""
+    return _popen([sys.executable, "-m", "policyrt.cli", *args], sigint)
 
 
 def wait_for_line(stream, needle: str) -> list[str]:
