@@ -68,22 +68,27 @@ def make_episode_recorder(settings: ControllerSettings, command: str):
     return EpisodeRecorder(settings.recording.dataset, fmt=settings.recording.format, command=command)
 
 
-def build_controller(settings: ControllerSettings, session, *, curve, command: str = ""):
-    """The RealtimeController of `settings` around a loaded `session` (one slot per robot).
-
-    curve: check_endpoints' result (checked before the session loads, so a refused endpoint fails
-    fast). command: the command line recorded into an episode dataset."""
+def build_controller(settings: ControllerSettings, *, command: str = ""):
+    """The RealtimeController of `settings`: endpoints checked first (a refused one fails before
+    a bundle loads), then the bundle's session with one slot per robot, then the controller around
+    it (`controller.session`). command: the command line recorded into an episode dataset."""
     from policyrt.controllers.realtime_loop import RealtimeController
 
-    return RealtimeController(
-        session,
-        list(settings.robots),
-        loop_config(settings, session.manifest),
-        telemetry=make_telemetry(settings),
-        recorder=make_flight_recorder(settings),
-        curve=curve,
-        episodes=make_episode_recorder(settings, command),
-    )
+    curve = check_endpoints(settings)
+    session = settings.session.load(settings.bundle, batch_size=len(settings.robots))
+    try:
+        return RealtimeController(
+            session,
+            list(settings.robots),
+            loop_config(settings, session.manifest),
+            telemetry=make_telemetry(settings),
+            recorder=make_flight_recorder(settings),
+            curve=curve,
+            episodes=make_episode_recorder(settings, command),
+        )
+    except BaseException:
+        session.close()
+        raise
 
 
 def stop_on_request(controller, stop: StopRequest = STOP, also=None) -> threading.Thread:

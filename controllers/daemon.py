@@ -133,11 +133,8 @@ class Daemon:
 
     def start(self):
         cfg = self.cfg
-        curve = build.check_endpoints(cfg)
-        self.session = load_session(cfg)
-        self.controller = build.build_controller(
-            cfg, self.session, curve=curve, command=f"policyrt serve --config {cfg.origin}"
-        )
+        self.controller = build.build_controller(cfg, command=f"policyrt serve --config {cfg.origin}")
+        self.session = self.controller.session
         self.controller.on_tick = self._on_tick
         log.info(
             "serving %d robot(s) at %g Hz with %s on %s: %s",

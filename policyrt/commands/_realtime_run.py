@@ -9,15 +9,13 @@ import sys
 
 def run_realtime(args, settings) -> int:
     """settings: the ControllerSettings of the command line (commands/_realtime_args.py)."""
-    from policyrt.controllers.build import build_controller, check_endpoints, stop_on_request
+    from policyrt.controllers.build import build_controller, stop_on_request
     from policyrt.controllers.realtime_loop import format_result
     from policyrt.runtime import BundleError
     from policyrt.stopping import STOP
 
     try:
-        curve = check_endpoints(settings)
-        session = settings.session.load(settings.bundle, batch_size=len(settings.robots))
-        controller = build_controller(settings, session, curve=curve, command=getattr(args, "command_line", ""))
+        controller = build_controller(settings, command=getattr(args, "command_line", ""))
     except (BundleError, ImportError, RuntimeError, ValueError) as exc:
         print(f"policyrt run: {exc}", file=sys.stderr)
         return 2
