@@ -1,5 +1,5 @@
 """Policy kinds: the stored config layouts load, the registries are what the CLI offers, every trainer
-argument is documented."""
+argument is documented, and a new kind is one module plus one registry line."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from policyrt.cli import build_parser
-from policyrt.policies.kinds import IMPORTERS, KINDS, REFERENCES, config_class, train_args_classes
+from policyrt.policies.kinds import (
+    IMPORTERS,
+    KINDS,
+    REFERENCES,
+    config_class,
+    policy_class,
+    train_args_classes,
+)
 
 BUNDLES = sorted((Path(__file__).parent.parent / "bundles").glob("*.policy"))
 
@@ -115,3 +122,75 @@ def test_unknown_names_are_refused_with_what_is_supported(tmp_path):
         run_importer("onnx", tmp_path, {})
     with pytest.raises(ValueError, match=r"unsupported reference kind 'onnx' \(supported: checkpoint, hf-dt"):
         make_reference("onnx", tmp_path, None)
+
+
+def toy_kind_module():
+    """A whole policy kind in one module: config, policy and step form (a linear policy with a step counter)."""
+    import types
+
+    import torch
+    from torch import nn
+
+    from policyrt.contract import StateTensor
+    from policyrt.policies.policy_buffers import register_config_buffers
+    from policyrt.policies.policy_config import PolicyConfig
+    from policyrt.policies.step_contract import initial_states
+
+    @dataclasses.dataclass(frozen=True)
+    class ToyConfig(PolicyConfig):
+        kind: str = "toy"
+        gain: float = 0.5
+        """How much of the previous action is fed back."""
+
+    class ToyPolicy(nn.Module):
+        def __init__(self, config: ToyConfig):
+            super().__init__()
+            self.config = config
+            self.head = nn.Linear(config.obs_dim + 2, config.act_dim)
+            register_config_buffers(self, config)
+
+    class ToyStep(nn.Module):
+        def __init__(self, policy: ToyPolicy):
+            super().__init__()
+            self.policy, self.specs = policy, [StateTensor("count", (1,))]
+
+        def initial_states(self, batch: int):
+            return initial_states(self.specs, batch)
+
+        def forward(self, obs, prev_action, reward, target_return, reset, count):
+            p, keep = self.policy, (~reset).to(obs.dtype).unsqueeze(-1)
+            x = torch.cat([(obs - p.obs_mean) / p.obs_std, reward.unsqueeze(-1), target_return.unsqueeze(-1)], -1)
+            raw = torch.tanh(p.head(x) + p.config.gain * keep * prev_action)
+            return p.act_center + p.act_half_range * raw, keep * count + 1.0
+
+    module = types.ModuleType("policyrt.policies.toy_kind")
+    module.ToyConfig, module.ToyPolicy, module.ToyStep = ToyConfig, ToyPolicy, ToyStep
+    return module
+
+
+def test_a_new_kind_is_one_module_and_one_registry_line(tmp_path, monkeypatch):
+    """Checkpoint, export with its parity check, and the runtime need nothing else from a kind."""
+    import sys
+
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    from policyrt.export.bundle_export import export_bundle
+    from policyrt.policies.checkpoint import load_checkpoint, save_checkpoint
+    from policyrt.policies.kinds import PolicyKind
+    from policyrt.runtime import load
+
+    monkeypatch.setitem(sys.modules, "policyrt.policies.toy_kind", toy_kind_module())
+    monkeypatch.setitem(KINDS, "toy", PolicyKind("toy_kind:ToyConfig", "toy_kind:ToyPolicy", "toy_kind:ToyStep"))
+    config = config_class("toy")(obs_dim=3, act_dim=2, action_low=(-2.0, -1.0), action_high=(2.0, 1.0),
+                                 obs_mean=(0.1, 0.2, 0.3), obs_std=(1.0, 2.0, 3.0), target_return=5.0)
+    save_checkpoint(policy_class("toy")(config), tmp_path / "ckpt")
+    policy, doc = load_checkpoint(tmp_path / "ckpt")
+    assert policy.config == config and doc["kind"] == "toy"
+    bundle = export_bundle(tmp_path / "ckpt", tmp_path / "toy.policy", progress=lambda *_: None)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["policy"]["kind"] == "toy" and [s["name"] for s in manifest["state"]] == ["count"]
+    assert manifest["parity"]["onnxruntime"]["action_max_abs"] <= 1e-5
+    session = load(bundle, backend="onnxruntime")
+    action = session.step([0.0, 0.0, 0.0], 0.0)
+    assert action.shape == (2,) and abs(action[0]) <= 2.0 and abs(action[1]) <= 1.0
+    assert "toy" not in train_args_classes()  # a kind without a trainer is not offered by `policyrt train`
