@@ -12,6 +12,7 @@ Board-side module: standard library, numpy and pyzmq only, Python 3.10.
 
 from __future__ import annotations
 
+import os
 import threading
 
 from policyrt.controllers.settings import ControllerSettings, RealtimeConfig
@@ -60,12 +61,29 @@ def make_flight_recorder(settings: ControllerSettings):
     return FlightRecorder(settings.flight_recorder.dir, capacity=settings.flight_recorder.ticks)
 
 
+def check_recording(settings: ControllerSettings) -> None:
+    """The episode dataset is written at the stop: a place it could not be written to must fail at
+    the start, not after hours of episodes (policyrt/episodes.py replaces only a dataset or an
+    empty folder, and writes next to it first)."""
+    dataset = settings.recording.dataset
+    if dataset is None:
+        return
+    where = settings.label("recording.dataset")
+    if dataset.exists() and not (dataset / "dataset.json").is_file() and (not dataset.is_dir() or any(dataset.iterdir())):
+        raise ValueError(f"{where} {dataset}: exists and is not a dataset; it would not be replaced at the stop")
+    parent = next(p for p in dataset.absolute().parents if p.exists())
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{where} {dataset}: {parent} is not writable; the dataset is written there at the stop")
+
+
 def make_episode_recorder(settings: ControllerSettings, command: str):
-    if settings.recording.dataset is None:
+    dataset = settings.recording.dataset
+    if dataset is None:
         return None
+    check_recording(settings)
     from policyrt.controllers.episode_recorder import EpisodeRecorder
 
-    return EpisodeRecorder(settings.recording.dataset, fmt=settings.recording.format, command=command)
+    return EpisodeRecorder(dataset, fmt=settings.recording.format, command=command)
 
 
 def build_controller(settings: ControllerSettings, *, command: str = ""):

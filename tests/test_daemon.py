@@ -185,6 +185,11 @@ def test_check_refuses_bad_bundles_and_configs(tmp_path):
         assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
     proc = serve("--config", str(write_config(tmp_path / "c.toml", XLSTM, ["ipc:///tmp/x"], "rate = 5\n")))
     assert proc.returncode == 2 and "unknown key 'rate'" in proc.stderr
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("not a dataset")
+    extra = f'[recording]\ndataset = "{tmp_path / "notes"}"\n'  # refused at start, not at the stop
+    proc = serve("--config", str(write_config(tmp_path / "c.toml", XLSTM, ["ipc:///tmp/x"], extra)), "--check")
+    assert proc.returncode == 2 and "[recording] dataset" in proc.stderr and "not a dataset" in proc.stderr
     proc = serve("--config", str(write_config(tmp_path / "c.toml", XLSTM, ["ipc:///tmp/x"], "threads = 0\n")))
     assert proc.returncode == 2 and "threads = 0 is not allowed" in proc.stderr
     proc = serve(

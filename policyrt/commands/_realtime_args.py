@@ -35,7 +35,8 @@ def add_general_arguments(p: argparse.ArgumentParser) -> None:
 def add_realtime_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "real-time mode (--mode realtime)",
-        "the controller's settings; `policyrt serve` reads the same ones from its TOML file (docs/DAEMON.md)",
+        "the controller's settings; `policyrt serve` reads the same ones from its TOML file\n"
+        "(deploy/controller.toml, docs/DAEMON.md), with the same checks and defaults",
     )
     for name in REALTIME:
         add_flag(g, name)

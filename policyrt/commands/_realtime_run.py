@@ -16,7 +16,7 @@ def run_realtime(args, settings) -> int:
 
     try:
         controller = build_controller(settings, command=getattr(args, "command_line", ""))
-    except (BundleError, ImportError, RuntimeError, ValueError) as exc:
+    except (BundleError, ImportError, RuntimeError, ValueError, OSError) as exc:  # OSError: a recorder's directory
         print(f"policyrt run: {exc}", file=sys.stderr)
         return 2
     # SIGTERM (systemd, kill) ends the run like Ctrl-C: safe action, BYE, summary, exit 0.

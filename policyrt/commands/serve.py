@@ -19,9 +19,12 @@ signals:
                    refused with the reason and the running one keeps going
   SIGUSR1          dump the flight recorder
 
---check loads and checks everything (config keys, endpoints and keys, bundle, backend, parity)
-without connecting to a robot, and exits 0 when the daemon would start. docs/DAEMON.md has the
-details: files written, telemetry, readiness and watchdog, keys."""
+Each key is one of the controller's settings: `policyrt run --mode realtime` takes the same ones
+as flags (`policyrt run --help`), and both are built into a controller by the same code.
+
+--check loads and checks everything (config keys, endpoints and keys, the recording directory,
+bundle, backend, parity) without connecting to a robot, and exits 0 when the daemon would start.
+docs/DAEMON.md has the details: files written, telemetry, readiness and watchdog, keys."""
 
 EXAMPLES = """\
 examples:
@@ -81,6 +84,7 @@ def _check(cfg, daemon) -> int:
     from policyrt.controllers import build
 
     build.check_endpoints(cfg)
+    build.check_recording(cfg)
     session = daemon.load_session(cfg)
     try:
         rate = build.loop_config(cfg, session.manifest).rate_hz
