@@ -10,20 +10,28 @@ within STOP_LIMIT_S of the signal.
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 from wire_helpers import PATIENCE_S, RawController, ScriptedRobot
 
 from policyrt.protocol import MsgType, ObsFlag
 
 STOP_LIMIT_S = 2.0  # from the signal to BYE at the peer and to the process's exit (issue 11)
 SIGINT_STATES = {"sigint-default": "SIG_DFL", "sigint-ignored": "SIG_IGN"}
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Every moment is drawn from this; a failure names it, and POLICYRT_STOP_SEED=N replays it.
+BASE_SEED = int(os.environ.get("POLICYRT_STOP_SEED", random.SystemRandom().randrange(2**31)))
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "inverted-pendulum-xlstm.policy"
+needs_bundle = pytest.mark.skipif(not BUNDLE.exists(), reason="the shipped bundle is not built")
 _DONE = ObsFlag.TERMINATED | ObsFlag.TRUNCATED
 
 
@@ -39,6 +47,23 @@ class Case:
     def __str__(self) -> str:
         name = signal.Signals(self.signum).name
         return f"{name} with SIGINT {self.sigint} at {self.phase} (seed {self.seed})"
+
+
+def stress(stop_one, cases: list[Case]) -> None:
+    """Every case, two processes at a time; all failures reported together (with their seeds)."""
+    failures = []
+
+    def attempt(case):
+        try:
+            stop_one(case)
+        except AssertionError as exc:
+            failures.append(str(exc))
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(attempt, cases))
+    assert not failures, (
+        f"{len(failures)}/{len(cases)} stops failed (base seed {BASE_SEED}):\n" + "\n\n".join(failures[:3])
+    )
 
 
 def signal_handlers_installed(pid: int) -> bool:

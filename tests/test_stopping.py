@@ -17,18 +17,22 @@ import sys
 import textwrap
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from stop_helpers import (
+    BASE_SEED,
+    BUNDLE,
     SIGINT_STATES,
+    SIGNALS,
     Case,
     LockstepRobot,
     SimController,
     finish,
+    needs_bundle,
     play_lockstep_until_signal,
     play_sim_until_signal,
+    stress,
     wait_for_handlers,
 )
 from wire_helpers import (
@@ -47,13 +51,9 @@ from policyrt.protocol import Encoder, ErrorTally, MsgType
 from policyrt.stopping import StopRequest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUNDLE = Path(ROOT) / "bundles" / "inverted-pendulum-xlstm.policy"
-needs_bundle = pytest.mark.skipif(not BUNDLE.exists(), reason="the shipped bundle is not built")
 needs_proc = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc/PID/status")
 PHASES = ("connect", "mid-episode", "between-episodes")
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
 STRESS_REPEATS = 50  # per signal and inherited SIGINT state (issue 11)
-BASE_SEED = int(os.environ.get("POLICYRT_STOP_SEED", random.SystemRandom().randrange(2**31)))
 
 
 @pytest.fixture(autouse=True)
@@ -220,21 +220,6 @@ def stop_the_controller(case: Case) -> str:
     assert out.startswith("stopped: interrupted (") and name in out.splitlines()[0], f"{case}: {out}"
     assert "protocol errors: none" in out, f"{case}: {out}"
     return out.splitlines()[0]
-
-
-def stress(stop_one, cases: list[Case]) -> None:
-    """Every case, two processes at a time; all failures reported together (with their seeds)."""
-    failures = []
-
-    def attempt(case):
-        try:
-            stop_one(case)
-        except AssertionError as exc:
-            failures.append(str(exc))
-
-    with ThreadPoolExecutor(2) as pool:
-        list(pool.map(attempt, cases))
-    assert not failures, f"{len(failures)}/{len(cases)} stops failed (base seed {BASE_SEED}):\n" + "\n\n".join(failures[:3])
 
 
 @needs_bundle
