@@ -44,6 +44,7 @@ from wire_helpers import (
     reap_processes,
     start_policyrt,
     start_sim_server,
+    with_sigint,
 )
 
 from policyrt.link import Link
@@ -119,10 +120,11 @@ _BLOCKED_RECEIVE = """
 import signal, sys, threading, time
 from policyrt.link import Link
 from policyrt.stopping import STOP
+inherited = "ignored" if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else "default"
 assert STOP.install() is STOP.install()  # idempotent
 {setup}
 with Link(sys.argv[1], bind=True, stop=STOP) as link:
-    print("ready", flush=True)
+    print("ready, SIGINT was", inherited, flush=True)
     msg = link.recv(None)
 print(msg, STOP.reason, flush=True)
 """
@@ -131,20 +133,16 @@ print(msg, STOP.reason, flush=True)
 def _blocked_receiver(setup: str = "", ignore_sigint: bool = False) -> subprocess.Popen:
     code = _BLOCKED_RECEIVE.format(setup=textwrap.dedent(setup))
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, endpoint_for("ipc")],
+        with_sigint([sys.executable, "-c", code, endpoint_for("ipc")], "SIG_IGN" if ignore_sigint else "SIG_DFL"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=python_env(),
         cwd=ROOT,
-        preexec_fn=_ignore_sigint if ignore_sigint else None,
     )
-    assert proc.stdout.readline() == "ready\n", proc.communicate(timeout=PATIENCE_S)
+    inherited = "ignored" if ignore_sigint else "default"
+    assert proc.stdout.readline() == f"ready, SIGINT was {inherited}\n", proc.communicate(timeout=PATIENCE_S)
     return proc
-
-
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _stopped_by(proc: subprocess.Popen, signum: int) -> str:
