@@ -136,17 +136,19 @@ class Link:
             return -1
 
     def _stoppable_read(self, timeout_s: float | None) -> int:
-        """Like _blocking_read, but also woken by the stop request: a frame already waiting is
-        read without polling, otherwise zmq_poll waits on the socket and the stop's descriptor.
+        """Like _blocking_read, but also woken by the stop request: zmq_poll waits on the socket
+        and the stop's descriptor, then the frame is read without blocking (poll first, not a
+        non-blocking read first: in lockstep the frame is rarely there yet, and the failed read's
+        exception costs more than the poll of a waiting frame).
         (A signal's wake-up byte ends the poll, and pyzmq runs the Python handler before the poll
         returns; a request from another thread writes that byte itself: policyrt/stopping.py.)"""
         stop = self.stop
         if stop.requested:
             return -1
-        try:
-            return self._read(zmq.NOBLOCK)
-        except zmq.Again:
-            if timeout_s is not None and timeout_s <= 0:
+        if timeout_s is not None and timeout_s <= 0:
+            try:
+                return self._read(zmq.NOBLOCK)
+            except zmq.Again:
                 return -1
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
