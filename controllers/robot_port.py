@@ -18,7 +18,7 @@ import logging
 
 import numpy as np
 
-from policyrt.controllers.loop import SpecMismatchError, check_spec
+from policyrt.controllers.core import SpecMismatchError, check_spec
 from policyrt.protocol import Encoder, ErrorTally, MsgType, ObsFlag, ProtocolError, Spec
 from policyrt.stream import open_session_link, open_stream_link
 

@@ -13,7 +13,9 @@ class Session:
     """`step(obs, reward, prev_action)` -> action; recurrent state stays inside the backend.
 
     obs is [obs_dim] (batch 1) or [B, obs_dim]. `prev_action` defaults to the last action this session
-    returned; a controller whose safety chain changed the action passes what it actually applied.
+    returned (zero after a reset); a controller whose safety chain changed the action passes what it
+    actually applied. The graph's own `prev_action` input buffer is where that default lives: no
+    second copy. Pass `out=` to write the action into a buffer of yours and allocate nothing.
     """
 
     def __init__(self, bundle: Bundle, backend: Backend):
@@ -22,7 +24,6 @@ class Session:
         self.manifest: Manifest = bundle.manifest
         self.batch_size = backend.batch_size
         self._inputs = backend.inputs
-        self._last_action = np.zeros_like(backend.action)
         self.steps = 0
 
     @property
@@ -37,7 +38,9 @@ class Session:
         if mask.shape != (self.batch_size,):
             raise ValueError(f"reset mask must have shape ({self.batch_size},), got {mask.shape}")
         self._inputs["reset"] |= mask
-        self._last_action[mask] = 0.0
+        # The graph ignores a resetting row's prev_action by multiplying it with zero, which cannot
+        # clear a NaN a broken step left there (the default prev_action is the last output).
+        self._inputs["prev_action"][mask] = 0.0
         self.backend.reset_state(mask)
 
     def set_target_return(self, value, mask=None) -> None:
@@ -51,14 +54,12 @@ class Session:
     def step(self, obs, reward=0.0, prev_action=None, out: np.ndarray | None = None) -> np.ndarray:
         single = self._write("obs", obs, self.manifest.obs_dim)
         self._inputs["reward"][:] = reward
-        if prev_action is None:
-            np.copyto(self._inputs["prev_action"], self._last_action)
-        else:
+        if prev_action is not None:
             self._write("prev_action", prev_action, self.manifest.act_dim)
         self.backend.run()
         self._inputs["reset"][:] = False
         action = self.backend.action
-        np.copyto(self._last_action, action)
+        np.copyto(self._inputs["prev_action"], action)  # the default for the next step
         self.steps += 1
         result = action[0] if single else action
         if out is None:

@@ -102,23 +102,17 @@ class BatchedLinearSession(LinearSession):
         if self.record:
             self.calls.append(("reset", None if mask is None else np.array(mask, copy=True)))
 
-    def step(self, obs, reward=0.0, prev_action=None) -> np.ndarray:
-        obs = np.asarray(obs, np.float32)
-        if self.record:
-            self.calls.append(
-                ("step", obs.copy(), np.array(reward, copy=True), np.array(prev_action, copy=True))
-            )
-        return obs @ self.gain.T
-
 
 class NaNSession(BatchedLinearSession):
     """Returns NaN while `poisoned` is set (a policy whose output went non-finite)."""
 
     poisoned = False
 
-    def step(self, obs, reward=0.0, prev_action=None):
-        action = super().step(obs, reward, prev_action)
-        return np.full_like(action, np.nan) if self.poisoned else action
+    def step(self, obs, reward=0.0, prev_action=None, out=None):
+        action = super().step(obs, reward, prev_action, out)
+        if self.poisoned:
+            action[...] = np.nan
+        return action
 
 
 class SlowSession(BatchedLinearSession):
@@ -128,11 +122,11 @@ class SlowSession(BatchedLinearSession):
     delay_s = 0.0
     slow_steps = 0
 
-    def step(self, obs, reward=0.0, prev_action=None):
+    def step(self, obs, reward=0.0, prev_action=None, out=None):
         if self.slow:
             self.slow_steps += 1
             time.sleep(self.delay_s)
-        return super().step(obs, reward, prev_action)
+        return super().step(obs, reward, prev_action, out)
 
 
 def run_in_thread(controller, **kwargs):

@@ -18,7 +18,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from stand_in_session import LinearSession  # noqa: E402
 
-from policyrt.controllers.loop import format_summary, run_lockstep  # noqa: E402
+from policyrt.controllers.lockstep import run_lockstep  # noqa: E402
+from policyrt.controllers.results import format_summary  # noqa: E402
+from policyrt.stopping import STOP  # noqa: E402
 
 
 def main() -> int:
@@ -29,6 +31,7 @@ def main() -> int:
     p.add_argument("--spin-us", type=int, default=0)
     p.add_argument("--robot-timeout", type=float, default=10.0)
     args = p.parse_args()
+    STOP.install()  # SIGINT/SIGTERM end the run with BYE and a summary, whatever was inherited
     logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s: %(message)s")
     result = run_lockstep(
         LinearSession.inverted_pendulum(),

@@ -1,7 +1,7 @@
 """A stand-in for `policyrt.runtime.Session` while no shipped bundle exists.
 
 It honours the Session contract the controller loop programs against (manifest with dims, bounds
-and rate; reset(mask); step(obs, reward, prev_action) -> action) with a fixed linear policy
+and rate; reset(mask); step(obs, reward, prev_action, out) -> action) with a fixed linear policy
 instead of an exported graph, and records its calls so tests can check what the loop did.
 `LinearSession.inverted_pendulum()` balances InvertedPendulum-v5 for the full 1000 steps.
 """
@@ -46,9 +46,16 @@ class LinearSession:
         if self.record:
             self.calls.append(("reset",))
 
-    def step(self, obs, reward=0.0, prev_action=None) -> np.ndarray:
+    def step(self, obs, reward=0.0, prev_action=None, out=None) -> np.ndarray:
+        """obs [obs_dim] or [batch, obs_dim]; with `out`, the action is written there."""
+        obs = np.asarray(obs, np.float32)
         if self.record:
             prev = None if prev_action is None else np.array(prev_action, copy=True)
-            self.calls.append(("step", np.array(obs, copy=True), float(reward), prev))
-        action = self.gain @ np.asarray(obs, np.float32)
-        return action if self.bias is None else action + self.bias
+            self.calls.append(("step", obs.copy(), np.array(reward, copy=True), prev))
+        action = obs @ self.gain.T
+        if self.bias is not None:
+            action = action + self.bias
+        if out is None:
+            return action
+        np.copyto(out, action)
+        return out

@@ -20,7 +20,8 @@ from wire_helpers import (
     start_sim_server,
 )
 
-from policyrt.controllers.loop import SpecMismatchError, run_lockstep
+from policyrt.controllers.core import SpecMismatchError
+from policyrt.controllers.lockstep import run_lockstep
 from policyrt.protocol import ActFlag, Encoder, MsgType, SlotFlag
 
 pytest.importorskip("gymnasium")
@@ -195,9 +196,10 @@ class RecordingBatchSession:
     def reset(self, mask=None) -> None:
         self.resets.append(np.array(mask, copy=True))
 
-    def step(self, obs, reward=0.0, prev_action=None):
+    def step(self, obs, reward=0.0, prev_action=None, out=None):
         self.steps.append((np.array(obs, copy=True), np.array(reward, copy=True), np.array(prev_action, copy=True)))
-        return np.asarray(obs, np.float32) @ PENDULUM_GAIN.T
+        np.copyto(out, np.asarray(obs, np.float32) @ PENDULUM_GAIN.T)
+        return out
 
 
 def test_controller_resets_only_flagged_slots_counts_episodes_per_slot_and_answers_every_batch():
@@ -236,9 +238,11 @@ def test_controller_resets_only_flagged_slots_counts_episodes_per_slot_and_answe
     masks = [m.tolist() for m in session.resets]
     assert masks == [[True, True], [True, False]]  # the second reset touches slot 0 only
     assert result.ticks == 6 and result.env_steps == 2 + 2 + 1 + 2 + 1 + 1 and result.num_envs == 2
-    # prev_action restarts at zero in the reset slot only; the neighbour keeps its applied action
+    # prev_action is what each robot applied last: the terminal row's answer (tick 2) is not, so the
+    # reset slot 0 still shows its tick-1 action (the step graph ignores a reset row's prev_action,
+    # tests/test_session.py); the neighbour shows its tick-2 action
     prev_at_slot0_reset = session.steps[3][2]
-    assert prev_at_slot0_reset[0] == 0.0 and prev_at_slot0_reset[1] == acts[2][0][1]
+    assert prev_at_slot0_reset[0] == acts[1][0][0] and prev_at_slot0_reset[1] == acts[2][0][1]
     expected = np.clip(np.full(4, 0.1, np.float32) @ PENDULUM_GAIN.T, -3, 3)
     np.testing.assert_allclose(acts[0][0], [expected, expected], rtol=1e-6)
     assert all((flags == 0).all() for _, flags in acts)
@@ -301,12 +305,12 @@ def test_estop_turns_every_row_into_the_flagged_fallback():
     assert result.fallbacks == 2
 
 
-def test_the_batched_loop_and_the_eval_command_stay_board_side_clean():
+def test_the_lockstep_driver_and_the_eval_command_stay_board_side_clean():
     """Importing them pulls no torch, mujoco or gymnasium (the controller runs on the board)."""
     import subprocess
     import sys
 
-    code = ("import sys, policyrt.controllers.batched_loop, policyrt.commands.eval, policyrt.sim.processes; "
+    code = ("import sys, policyrt.controllers.lockstep, policyrt.commands.eval, policyrt.sim.processes; "
             "bad = [m for m in ('torch', 'mujoco', 'gymnasium') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

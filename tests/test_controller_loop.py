@@ -25,9 +25,11 @@ from wire_helpers import (
     wait_for_line,
 )
 
-from policyrt.controllers.loop import SpecMismatchError, check_spec, format_summary, run_lockstep
+from policyrt.controllers.core import SpecMismatchError, check_spec
+from policyrt.controllers.lockstep import run_lockstep
+from policyrt.controllers.results import format_summary
 from policyrt.link import Link
-from policyrt.protocol import HEADER, MAGIC, ActFlag, Encoder, MsgType, ObsFlag, ProtocolError
+from policyrt.protocol import HEADER, MAGIC, VERSION, ActFlag, Encoder, MsgType, ObsFlag, ProtocolError
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "inverted-pendulum-xlstm.policy"
 
@@ -79,8 +81,8 @@ def test_answers_each_obs_with_the_clipped_action_and_the_answered_seq(pool):
     assert kinds == ["reset", "step", "step"]
     _, _, reward0, prev0 = session.calls[1]
     _, _, reward1, prev1 = session.calls[2]
-    assert reward0 == 0.0 and prev0.tolist() == [0.0]  # zeros after a reset
-    assert reward1 == 1.0 and prev1.tolist() == [2.0]  # the action actually sent, not the raw 5.0
+    assert reward0.tolist() == [0.0] and prev0.tolist() == [[0.0]]  # nothing applied yet
+    assert reward1.tolist() == [1.0] and prev1.tolist() == [[2.0]]  # the action actually sent, not the raw 5.0
     assert set(result.timing) == {"receive", "infer", "filter", "send", "respond"}
     assert result.timing["infer"]["n"] == 2
 
@@ -94,11 +96,11 @@ def test_survives_malformed_messages_of_every_kind(pool):
         robot.accept()
         garbage = [
             b"\x00" * 7,  # truncated
-            header(b"NOPE", 1, 3, 0, 1, 0, 0, 0, 0, 0, 0),  # magic
-            header(MAGIC, 2, 3, 0, 1, 0, 0, 0, 0, 0, 0),  # version
-            header(MAGIC, 1, 99, 0, 1, 0, 0, 0, 0, 0, 0),  # type
-            header(MAGIC, 1, 3, 0x80, 1, 0, 0, 0, 0, 20, 0) + b"\0" * 20,  # flags
-            header(MAGIC, 1, 3, 0, 1, 0, 0, 0, 0, 8, 0) + b"\0" * 20,  # length
+            header(b"NOPE", VERSION, 3, 0, 1, 0, 0, 0, 0, 0, 0),  # magic
+            header(MAGIC, VERSION - 1, 3, 0, 1, 0, 0, 0, 0, 0, 0),  # version
+            header(MAGIC, VERSION, 99, 0, 1, 0, 0, 0, 0, 0, 0),  # type
+            header(MAGIC, VERSION, 3, 0x80, 1, 0, 0, 0, 0, 20, 0) + b"\0" * 20,  # flags
+            header(MAGIC, VERSION, 3, 0, 1, 0, 0, 0, 0, 8, 0) + b"\0" * 20,  # length
             bytes(Encoder(obs_dim=3).obs(np.zeros(3), 0.0)),  # dims
             bytes(Encoder(obs_dim=4).obs([0, np.nan, 0, 0], 0.0)),  # nonfinite
             bytes(Encoder(act_dim=1).act([0.0], ack=1)),  # unexpected: an ACT to the controller
@@ -127,29 +129,37 @@ def test_survives_malformed_messages_of_every_kind(pool):
     }
 
 
-def test_terminal_obs_is_not_answered_and_ends_the_requested_episodes(pool):
+def test_terminal_obs_is_answered_but_no_step_and_the_last_requested_episode_ends_with_bye(pool):
+    """Protocol 2: a terminal OBS is answered like any other; its action is ignored by the robot,
+    so it is no env step, no previous action and no fallback. The episode that completes the
+    requested count gets BYE instead of an answer."""
     ep = endpoint_for("ipc")
     robot = ScriptedRobot(ep, pendulum_spec())
-    future = start_loop(pool, pendulum(), ep, episodes=1)
+    session = pendulum(gain=[[1.0, 0, 0, 0]], bias=np.array([0.5], np.float32))
+    future = start_loop(pool, session, ep, episodes=2)
     try:
         robot.accept()
         robot.obs([0, 0, 0, 0], flags=ObsFlag.RESET)
         robot.recv()
-        robot.obs([0, 0, 0, 0], reward=1.0, step=1)
+        robot.obs([1, 0, 0, 0], reward=1.0, step=1)
         robot.recv()
-        robot.obs([0, 0, 0, 0], reward=0.5, flags=ObsFlag.TERMINATED, step=2)
-        assert robot.recv().type is MsgType.BYE  # no ACT for the terminal OBS
+        seq = robot.obs([2, 0, 0, 0], reward=0.5, flags=ObsFlag.TERMINATED, step=2)
+        terminal = robot.recv()
+        assert terminal.type is MsgType.ACT and terminal.ack == seq and terminal.flags == 0
+        robot.obs([0, 0, 0, 0], flags=ObsFlag.RESET, episode=1)
+        robot.recv()
+        robot.obs([0, 0, 0, 0], reward=2.0, flags=ObsFlag.TRUNCATED, episode=1, step=1)
+        assert robot.recv().type is MsgType.BYE  # the second episode completes the count
         result = future.result(PATIENCE_S)
     finally:
         robot.close()
-    assert result.stop_reason == "episodes_done" and result.ticks == 2
-    (episode,) = result.episodes
-    assert (episode.episode_return, episode.length, episode.terminated, episode.truncated) == (
-        1.5,
-        2,
-        True,
-        False,
-    )
+    assert result.stop_reason == "episodes_done" and result.ticks == 4 and result.env_steps == 3
+    assert result.fallbacks == 0
+    steps = [c for c in session.calls if c[0] == "step"]
+    assert steps[3][3].tolist() == [[1.5]]  # the reset row's prev_action: the last applied, not 2.5
+    first, second = result.episodes
+    assert (first.episode_return, first.length, first.terminated, first.truncated) == (1.5, 2, True, False)
+    assert (second.episode_return, second.length, second.terminated, second.truncated) == (2.0, 1, False, True)
 
 
 def test_spec_with_other_dims_is_refused_naming_both_sides(pool):

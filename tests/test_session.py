@@ -77,7 +77,7 @@ def test_unknown_backend_is_named(tiny_bundle):
 
 def test_board_side_imports_pull_no_torch_mujoco_or_gymnasium():
     code = (
-        "import sys, policyrt, policyrt.runtime, policyrt.runtime.onnxruntime_backend, policyrt.controllers.loop, "
+        "import sys, policyrt, policyrt.runtime, policyrt.runtime.onnxruntime_backend, policyrt.controllers.lockstep, "
         "policyrt.protocol, policyrt.cli; "
         "bad = [m for m in ('torch', 'mujoco', 'gymnasium') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
     )
@@ -109,3 +109,24 @@ def test_reset_clears_a_state_poisoned_with_nan(tiny_bundle, backend):
     after_poisoned = poisoned.step(np.stack([obs, obs]), 0.0)
     assert np.isfinite(after_poisoned).all()
     np.testing.assert_allclose(after_poisoned[1], after_fresh[1], atol=1e-6)
+
+
+def test_a_resetting_row_ignores_the_prev_action_and_reward_it_is_given(tiny_bundle):
+    """The controller feeds the action each robot got last (the safety chain's `applied`) as
+    prev_action, also to a row that resets: the step graph must treat that row as a fresh start."""
+    obs = np.linspace(-1, 1, 4).astype(np.float32)
+    fresh, used = policyrt.load(tiny_bundle, batch_size=2), policyrt.load(tiny_bundle, batch_size=2)
+    for _ in range(5):
+        used.step(np.stack([obs, -obs]), [1.0, 2.0], prev_action=np.full((2, 2), 0.7, np.float32))
+    used.reset(mask=np.array([True, False]))
+    fresh.reset(mask=np.array([True, False]))
+    given = used.step(np.stack([obs, obs]), [3.0, 0.0], prev_action=np.full((2, 2), 0.9, np.float32))
+    zeros = fresh.step(np.stack([obs, obs]), [0.0, 0.0], prev_action=np.zeros((2, 2), np.float32))
+    np.testing.assert_allclose(given[0], zeros[0], atol=1e-6)
+
+
+def test_step_into_out_returns_that_buffer(tiny_bundle):
+    into, plain = policyrt.load(tiny_bundle, batch_size=2), policyrt.load(tiny_bundle, batch_size=2)
+    out = np.zeros((2, 2), np.float32)
+    assert into.step(np.ones((2, 4), np.float32), 0.5, out=out) is out
+    np.testing.assert_array_equal(out, plain.step(np.ones((2, 4), np.float32), 0.5))

@@ -1,0 +1,342 @@
+"""The lockstep driver: one observation message in, one core tick, one action message out.
+
+The robot side (sim server or robot bridge) binds; this driver connects, says HELLO, checks the
+robot's SPEC against the bundle, then answers every OBS (one environment) or OBS_BATCH (P > 1, one
+row per environment "slot") through the control core (controllers/core.py) with a safety chain
+of zero delay: clip to the bounds both sides agree on, the zero action (clipped into the bounds)
+for a non-finite output or while the robot's e-stop is latched, no stale or deadline faults.
+
+Rows (protocol version 2, docs/PROTOCOL.md section 9, the same rule for every P): a RESET row
+resets only that slot of the session; a terminal row (TERMINATED/TRUNCATED) closes that slot's
+episode and is answered like any other, but its action is ignored by the robot, so it is not an
+environment step, does not become the slot's previous action and never counts as a fallback; an
+IDLE row (batched only) runs no episode. The session steps all P rows each tick: a batched graph
+has no cheaper way to skip rows, and a slot is reset before its next live row.
+
+Malformed messages are counted per kind and skipped; control messages go to SessionControl. The
+run ends on the requested number of episodes (BYE instead of the last answer), the robot's BYE,
+the robot falling silent for `robot_timeout_s`, or a stop request (SIGINT/SIGTERM through
+policyrt.stopping.STOP, within one tick or at once in a receive: BYE, then the result).
+
+Board-side module: standard library, numpy and pyzmq only, Python 3.10.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import zmq
+
+from policyrt.controllers.core import ControlCore, SpecMismatchError, check_spec
+from policyrt.controllers.results import EpisodeSummary, LockstepResult
+from policyrt.controllers.safety import ESTOP, SafetyChain
+from policyrt.link import Link
+from policyrt.protocol import Encoder, ErrorTally, MsgType, ProtocolError, SlotFlag, Spec
+from policyrt.session_control import Control, SessionControl
+from policyrt.stopping import STOP, StopRequest
+from policyrt.timing import StageTimes, now_ns
+
+log = logging.getLogger(__name__)
+
+STAGES = ("receive", "infer", "filter", "send", "respond")
+# receive: from the end of the previous tick until a valid OBS is decoded (includes the robot's
+#          own work and both transport legs in lockstep);
+# respond: OBS decoded -> ACT handed to ZeroMQ, i.e. the controller's whole share of a round trip.
+
+# Plain ints: `int & IntFlag` goes through the enum machinery, ~1 us each on the hot path. An OBS's
+# flags are the same bits as an OBS_BATCH row's.
+_RESET = int(SlotFlag.RESET)
+_TERMINATED, _TRUNCATED = int(SlotFlag.TERMINATED), int(SlotFlag.TRUNCATED)
+_DONE = _TERMINATED | _TRUNCATED
+_NOT_LIVE = _DONE | int(SlotFlag.IDLE)
+
+
+def handshake(link: Link, timeout_s: float, errors: ErrorTally, stop: StopRequest | None = None) -> Spec | None:
+    """Say HELLO once, then wait up to timeout_s for the SPEC; frames before it are counted and
+    skipped; None when a stop was requested meanwhile. HELLO is not repeated: ZeroMQ delivers it
+    once the robot side is up, and a second HELLO would make the robot start the session over."""
+    if not link.send(Encoder().control(MsgType.HELLO)):
+        raise TimeoutError(f"could not send HELLO to {link.endpoint}")
+    deadline = now_ns() + int(timeout_s * 1e9)
+    while True:
+        try:
+            msg = link.recv(max(0, deadline - now_ns()) / 1e9)
+        except ProtocolError as exc:
+            errors.add(exc)
+            continue
+        if stop is not None and stop.requested:
+            return None
+        if msg is None:
+            raise TimeoutError(
+                f"no SPEC from {link.endpoint} within {timeout_s:g} s: is the robot side running "
+                f"(e.g. `policyrt sim serve --env ENV --bind {link.endpoint}`)?"
+            )
+        if msg.type is MsgType.SPEC:
+            return msg.spec
+        errors.add(ProtocolError("unexpected", f"{msg.type.name} before SPEC"))
+
+
+def run_lockstep(
+    session,
+    connect: str,
+    episodes: int | None = None,
+    spin_us: int = 0,
+    robot_timeout_s: float = 10.0,
+    context: zmq.Context | None = None,
+    make_session: Callable[[int], Any] | None = None,
+    stop: StopRequest = STOP,
+) -> LockstepResult:
+    """Control the robot at `connect` with `session` until `episodes` episodes ended (None: until
+    the robot leaves), the robot is silent for `robot_timeout_s`, or `stop` is requested.
+
+    spin_us: busy-poll this long for the next OBS before blocking; trades a CPU core for the
+    tens of microseconds a blocking wake-up costs. make_session(batch_size): called when the
+    robot announces a number of environments other than `session.batch_size` (without it, that
+    is a SpecMismatchError). Raises SpecMismatchError when the robot's SPEC does not fit
+    `session.manifest`, TimeoutError when no SPEC arrives within robot_timeout_s.
+    """
+    errors = ErrorTally(log, "controller")
+    with Link(connect, bind=False, context=context, stop=stop) as link:
+        spec = handshake(link, robot_timeout_s, errors, stop)
+        if spec is None or stop.requested:
+            link.send(Encoder().control(MsgType.BYE))
+            return _interrupted_before_the_session(stop, errors, spec)
+        try:
+            low, high = check_spec(spec, session.manifest, connect)
+            session = _session_for(spec, session, make_session, connect)
+        except SpecMismatchError:
+            link.send(Encoder().control(MsgType.BYE))  # let the robot end now, not at its timeout
+            raise
+        link.obs_dim, link.act_dim, link.num_envs = spec.obs_dim, spec.act_dim, spec.num_envs
+        log.info(
+            "connected to %s (%s): obs_dim=%d act_dim=%d%s",
+            connect,
+            spec.robot or "robot",
+            spec.obs_dim,
+            spec.act_dim,
+            f", {spec.num_envs} environments" if spec.num_envs > 1 else "",
+        )
+        driver = LockstepDriver(session, link, low, high, errors, spin_us, stop)
+        gc.collect()
+        gc.freeze()  # the objects alive now are never garbage: keep collections off their backs
+        try:
+            reason, detail = driver.run(episodes, robot_timeout_s)
+        finally:
+            gc.unfreeze()
+    chain = driver.core.chain
+    return LockstepResult(
+        stop_reason=reason,
+        detail=detail,
+        ticks=driver.ticks,
+        episodes=tuple(driver.episodes.ended),
+        errors=dict(errors.counts),
+        fallbacks=chain.fallback_ticks,
+        nonfinite_actions=chain.counts["nonfinite"],
+        timing=driver.times.summary(),
+        spec=spec,
+        num_envs=spec.num_envs,
+        env_steps=driver.env_steps,
+        stage_times=driver.times,
+    )
+
+
+def _interrupted_before_the_session(stop: StopRequest, errors: ErrorTally, spec) -> LockstepResult:
+    return LockstepResult(
+        stop_reason="interrupted",
+        detail=f"{stop.reason} before the session started",
+        ticks=0,
+        episodes=(),
+        errors=dict(errors.counts),
+        fallbacks=0,
+        nonfinite_actions=0,
+        timing={},
+        spec=spec,
+        num_envs=spec.num_envs if spec is not None else 1,
+    )
+
+
+def _session_for(spec: Spec, session, make_session, endpoint: str):
+    """The session to drive the robot with: one slot per environment the robot announced."""
+    if spec.num_envs == session.batch_size:
+        return session
+    if make_session is None:
+        raise SpecMismatchError(
+            f"robot at {endpoint} runs {spec.num_envs} environments, the session has batch size "
+            f"{session.batch_size}: load it with batch_size={spec.num_envs}"
+        )
+    log.info("robot runs %d environments: loading a session of batch %d", spec.num_envs, spec.num_envs)
+    return make_session(spec.num_envs)
+
+
+class LockstepDriver:
+    """The receive/answer loop around a ControlCore of the robot's batch size."""
+
+    def __init__(self, session, link: Link, low, high, errors: ErrorTally, spin_us: int, stop: StopRequest):
+        batch = session.batch_size
+        chain = SafetyChain(low, high, batch=batch, fallback="zero")
+        self.core = ControlCore(session, chain, STAGES)
+        self.link, self.errors, self.stop = link, errors, stop
+        self.spin_ns = max(0, int(spin_us * 1000))
+        self.frames = (SingleFrames if batch == 1 else BatchFrames)(self.core.record, len(low))
+        self.control = SessionControl("controller", errors, log, cleared_means="policy state reset")
+        self.episodes = EpisodeBook(batch)
+        self.times = StageTimes(STAGES)
+        self.ticks = self.env_steps = 0
+        self._reset_all = False  # CLEAR: the policy state from before the e-stop is not trusted
+
+    def run(self, episodes: int | None, timeout_s: float) -> tuple[str, str]:
+        link, stop, data_type = self.link, self.stop, self.frames.data_type
+        t_prev = now_ns()
+        while not stop.requested:
+            try:
+                msg = link.recv(timeout_s, self.spin_ns)
+            except ProtocolError as exc:
+                self.errors.add(exc)
+                continue
+            if msg is None:
+                if stop.requested:
+                    break
+                return "robot_lost", (
+                    f"no message from the robot at {link.endpoint} for {timeout_s:g} s "
+                    f"after {self.ticks} ticks: it stopped or the link broke"
+                )
+            if msg.type is data_type:
+                t_obs = now_ns()
+                bits = self.frames.take(msg)
+                if bits & _DONE:
+                    self.episodes.close(self.frames.done_rows(msg), self.core.record)
+                    if episodes is not None and len(self.episodes.ended) >= episodes:
+                        link.send(self.frames.enc.control(MsgType.BYE))  # instead of the answer
+                        return "episodes_done", f"{len(self.episodes.ended)} episode(s) as asked"
+                t_prev = self._tick(msg, bits, t_obs, t_prev)
+            else:
+                was_latched = self.control.estop
+                if self.control.handle(msg) is Control.BYE:
+                    return "robot_left", f"the robot ended the session after {self.ticks} ticks"
+                if was_latched and not self.control.estop:
+                    self._reset_all = True
+        link.send(self.frames.enc.control(MsgType.BYE))
+        return "interrupted", f"{stop.reason} after {self.ticks} ticks"
+
+    def _tick(self, msg, bits: int, t_obs: int, t_prev: int) -> int:
+        core = self.core
+        rec = core.record
+        rec.tick = self.ticks
+        if self._reset_all:
+            self._reset_all = False
+            rec.reset.fill(True)
+            bits |= _RESET
+        estop = self.control.estop
+        rec.faults.fill(ESTOP if estop else 0)  # the chain adds its own bits in place each tick
+        self.episodes.before_tick(rec, bits & _RESET)
+        actions = core.tick(reset_any=bits & _RESET != 0, run_policy=not estop, faulted=estop)
+        t_infer, t_filter = core.t_infer, core.t_filter
+        self.link.send(self.frames.answer(msg, actions, rec.act_flags))
+        t_sent = now_ns()
+        self.episodes.after_tick(rec)
+        self.ticks += 1
+        self.env_steps += self.frames.live_rows
+        self.times.record(
+            t_obs - t_prev, t_infer - t_obs, t_filter - t_infer, t_sent - t_filter, t_sent - t_obs
+        )
+        return t_sent
+
+
+class SingleFrames:
+    """OBS in, ACT out: one environment, row 0 of the core's buffers (plain ints, no reductions)."""
+
+    data_type = MsgType.OBS
+
+    def __init__(self, record, act_dim: int):
+        self.record, self.enc = record, Encoder(act_dim=act_dim)
+        self.live_rows = 0
+
+    def take(self, msg) -> int:
+        """Fill the record's row from the message; returns the OR of the rows' flags."""
+        rec, flags, values = self.record, msg.flags, msg.values
+        rec.obs[0] = values[:-1]
+        rec.rewards[0] = values[-1]
+        rec.reset[0] = flags & _RESET
+        self.live_rows = 0 if flags & _NOT_LIVE else 1
+        rec.live[0] = self.live_rows
+        return flags
+
+    def done_rows(self, msg) -> list[tuple[int, int, int]]:
+        return [(0, msg.episode, msg.flags)]
+
+    def answer(self, msg, actions: np.ndarray, flags: np.ndarray):
+        return self.enc.act(actions[0], ack=msg.seq, flags=int(flags[0]), episode=msg.episode, step=msg.step)
+
+
+class BatchFrames:
+    """OBS_BATCH in, ACT_BATCH out: row i of the message is slot i of the core's buffers."""
+
+    data_type = MsgType.OBS_BATCH
+
+    def __init__(self, record, act_dim: int):
+        batch = len(record.live)
+        self.record, self.enc = record, Encoder(act_dim=act_dim, num_envs=batch)
+        self._bits = np.zeros(batch, np.uint32)
+        self.live_rows = 0
+
+    def take(self, msg) -> int:
+        rec, bits = self.record, self._bits
+        flags = msg.slots[0]
+        np.copyto(rec.obs, msg.obs)
+        np.copyto(rec.rewards, msg.rewards)
+        np.bitwise_and(flags, _RESET, out=bits)
+        np.not_equal(bits, 0, out=rec.reset)
+        np.bitwise_and(flags, _NOT_LIVE, out=bits)
+        np.equal(bits, 0, out=rec.live)
+        self.live_rows = int(np.count_nonzero(rec.live))
+        return int(np.bitwise_or.reduce(flags))
+
+    def done_rows(self, msg) -> list[tuple[int, int, int]]:
+        flags, episodes = msg.slots[0], msg.slots[1]
+        return [(int(s), int(episodes[s]), int(flags[s])) for s in np.flatnonzero(flags & _DONE)]
+
+    def answer(self, msg, actions: np.ndarray, flags: np.ndarray):
+        return self.enc.act_batch(actions, flags, ack=msg.seq)
+
+
+class EpisodeBook:
+    """Per-slot episode return and length, and the episodes that ended."""
+
+    def __init__(self, batch: int):
+        self.returns = np.zeros(batch, np.float64)
+        self.lengths = np.zeros(batch, np.int64)
+        self.ended: list[EpisodeSummary] = []
+
+    def before_tick(self, rec, reset_any: int) -> None:
+        if reset_any:
+            self.returns[rec.reset] = 0.0
+            self.lengths[rec.reset] = 0
+        np.add(self.returns, rec.rewards, out=self.returns, where=rec.live)  # a RESET row's reward is 0
+
+    def after_tick(self, rec) -> None:
+        np.add(self.lengths, rec.live, out=self.lengths)
+
+    def close(self, rows: list[tuple[int, int, int]], rec) -> None:
+        """rows: (slot, episode index, flags) of the terminal rows; their reward ends the return."""
+        for slot, index, flags in rows:
+            summary = EpisodeSummary(
+                index=index,
+                episode_return=float(self.returns[slot] + rec.rewards[slot]),
+                length=int(self.lengths[slot]),
+                terminated=bool(flags & _TERMINATED),
+                truncated=bool(flags & _TRUNCATED),
+                slot=slot,
+            )
+            self.ended.append(summary)
+            log.info(
+                "episode %d%s: return %.2f over %d steps",
+                summary.index,
+                f" (slot {slot})" if len(self.returns) > 1 else "",
+                summary.episode_return,
+                summary.length,
+            )
+            self.returns[slot], self.lengths[slot] = 0.0, 0
