@@ -1,7 +1,8 @@
 """The part every trainer shares: its arguments (`TrainArgs`, which each kind's trainer extends), the
 start (seeds, threads, what the dataset fixes), AdamW with a cosine schedule, and the loop: optimizer
-steps with a progress bar, periodic and final checkpoints, and Ctrl-C that keeps the weights reached
-so far. Module level needs numpy at most: `policyrt train --help` imports it to list the flags."""
+steps with a progress bar, periodic and final checkpoints, and a stop (Ctrl-C, SIGTERM: the process's
+StopRequest, policyrt/stopping.py) that keeps the weights reached so far. Module level needs numpy at
+most: `policyrt train --help` imports it to list the flags."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
+
+from policyrt.stopping import STOP
 
 from .sequence_data import LABELS
 
@@ -103,20 +106,21 @@ def run_training(policy, loss_fn, args: TrainArgs, *, meta: dict, optimizer, sch
 
     bar = tqdm(range(steps), desc=desc, unit="step", disable=not progress)
     step, started = 0, time.monotonic()
-    try:
-        for step in bar:
-            loss = loss_fn()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), clip_norm)
-            optimizer.step()
-            schedule.step()
-            bar.set_postfix(loss=f"{loss.item():.2e}")
-            if (step + 1) % args.save_every == 0:
-                checkpoint(step + 1)
+    for step in bar:
+        if STOP.requested:  # SIGINT/SIGTERM (policyrt/stopping.py): keep the steps done so far
+            print(f"\nstopped by {STOP.reason} at step {step}: saving the weights reached so far to {out}")
+            break
+        loss = loss_fn()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), clip_norm)
+        optimizer.step()
+        schedule.step()
+        bar.set_postfix(loss=f"{loss.item():.2e}")
+        if (step + 1) % args.save_every == 0:
+            checkpoint(step + 1)
+    else:
         step = steps
-    except KeyboardInterrupt:
-        print(f"\ninterrupted at step {step}: saving the weights reached so far to {out}")
     checkpoint(step)
     print(f"trained {step} steps in {time.monotonic() - started:.0f} s -> {out}")
     return Path(out)

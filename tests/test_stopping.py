@@ -7,6 +7,7 @@ every failure message names; tests/stop_helpers.py says what each moment is."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -318,3 +319,29 @@ def test_stress_a_signal_at_random_moments_stops_the_sim_server(signum, sigint_s
     rng = random.Random(f"{BASE_SEED}-sim-{signum}-{sigint_state}")
     stress(stop_the_sim_server, [Case(rng.randrange(2**31), signum, SIGINT_STATES[sigint_state], PHASES[i % 3])
                                  for i in range(6)])
+
+
+# --- `policyrt train`: a stop keeps the weights reached so far -----------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", SIGNALS, ids=[s.name for s in SIGNALS])
+def test_a_signal_stops_training_and_keeps_the_weights_reached(tmp_path, signum):
+    data, checkpoint = tmp_path / "data", tmp_path / "checkpoint"
+    collect = [sys.executable, "-m", "policyrt.cli", "sim", "collect", "--env", "InvertedPendulum-v5",
+               "--expert", "lqr", "--episodes", "2", "--out", str(data)]
+    subprocess.run(collect, check=True, capture_output=True, env=python_env(), timeout=PATIENCE_S)
+    case = Case(BASE_SEED, signum, "SIG_IGN", "training")
+    proc = start_policyrt("train", "xlstm", "--data", str(data), "--out", str(checkpoint), "--steps", "1000000",
+                          "--save-every", "5", "--embedding-dim", "16", "--num-blocks", "1", "--num-heads", "1",
+                          "--batch-size", "4", "--window", "16", sigint=case.sigint)
+    deadline = time.monotonic() + PATIENCE_S
+    while not (checkpoint / "model.safetensors").exists():  # the first periodic checkpoint: training runs
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    sent = time.monotonic()
+    proc.send_signal(signum)
+    out, _ = finish(proc, sent, case)
+    assert f"stopped by {signal.Signals(signum).name} at step" in out, out
+    done = json.loads((checkpoint / "config.json").read_text())["train_steps_done"]
+    assert 5 <= done < 1000000 and f"trained {done} steps" in out, out
