@@ -19,7 +19,7 @@ writes one byte to a non-blocking socket, which makes `fileno()` readable for go
 poll() or select() on it in any thread at once; request() from another thread writes the same byte.
 
 Waking the main thread: the kernel may deliver a signal to any thread that does not block it
-(ONNX Runtime's and PyTorch's pools do not), and then the main thread, asleep in zmq_poll without
+(ours, or a library's thread pool), and then the main thread, asleep in zmq_poll without
 the GIL, is never interrupted and Python's handler waits until the poll ends. install() therefore
 also makes the socket the interpreter's wake-up descriptor (signal.set_wakeup_fd): the C-level
 handler writes the signal number there from whatever thread took the signal, the poll wakes, and
@@ -86,7 +86,8 @@ class StopRequest:
 
     def fileno(self) -> int:
         """A descriptor that becomes readable once a stop is requested and stays so: poll it next
-        to a socket (zmq.zmq_poll, select) to wake a blocking wait at once."""
+        to a socket (zmq.zmq_poll, select) to wake a blocking wait at once. Another handled signal
+        can make it readable too: then `requested` is False and spurious_wakeup() clears it."""
         return self._reader.fileno()
 
     def wait(self, timeout_s: float) -> bool:
