@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from policyrt.bundle import Bundle, Manifest
+from policyrt.contract import OBS, PREV_ACTION, RESET, REWARD, TARGET_RETURN
 
 from .backend import Backend
 
@@ -37,29 +38,29 @@ class Session:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != (self.batch_size,):
             raise ValueError(f"reset mask must have shape ({self.batch_size},), got {mask.shape}")
-        self._inputs["reset"] |= mask
+        self._inputs[RESET] |= mask
         # The graph ignores a resetting row's prev_action by multiplying it with zero, which cannot
         # clear a NaN a broken step left there (the default prev_action is the last output).
-        self._inputs["prev_action"][mask] = 0.0
+        self._inputs[PREV_ACTION][mask] = 0.0
         self.backend.reset_state(mask)
 
     def set_target_return(self, value, mask=None) -> None:
         """Commanded return for return-conditioned policies; read when a slot next resets."""
-        target = self._inputs["target_return"]
+        target = self._inputs[TARGET_RETURN]
         if mask is None:
             target[:] = value
         else:
             target[np.asarray(mask, dtype=bool)] = value
 
     def step(self, obs, reward=0.0, prev_action=None, out: np.ndarray | None = None) -> np.ndarray:
-        single = self._write("obs", obs, self.manifest.obs_dim)
-        self._inputs["reward"][:] = reward
+        single = self._write(OBS, obs, self.manifest.obs_dim)
+        self._inputs[REWARD][:] = reward
         if prev_action is not None:
-            self._write("prev_action", prev_action, self.manifest.act_dim)
+            self._write(PREV_ACTION, prev_action, self.manifest.act_dim)
         self.backend.run()
-        self._inputs["reset"][:] = False
+        self._inputs[RESET][:] = False
         action = self.backend.action
-        np.copyto(self._inputs["prev_action"], action)  # the default for the next step
+        np.copyto(self._inputs[PREV_ACTION], action)  # the default for the next step
         self.steps += 1
         result = action[0] if single else action
         if out is None:
