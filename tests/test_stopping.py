@@ -290,8 +290,18 @@ def test_stress_a_signal_during_start_up_ends_the_command_quietly(signum, sigint
 
 
 def stop_the_sim_server(case: Case) -> None:
+    """Like stop_the_controller, from the other end; "start-up": before any controller came (while
+    the environment loads or the server waits for HELLO), when there is nobody to say BYE to."""
     ep = endpoint_for("ipc")
     proc = start_sim_server(ep, "--env-arg", "max_episode_steps=6", sigint=case.sigint)
+    if case.phase == "start-up":
+        wait_for_handlers(proc)
+        time.sleep(random.Random(case.seed).uniform(0.0, 1.0))
+        sent = time.monotonic()
+        proc.send_signal(case.signum)
+        out, err = finish(proc, sent, case)
+        assert "stopped: interrupted" in out or "before it started" in err, f"{case}: {out}\n{err}"
+        return
     ctl = SimController(ep)
     try:
         try:
@@ -317,8 +327,9 @@ def test_sigterm_stops_the_sim_server_with_bye_and_a_summary():
 @pytest.mark.parametrize("signum", SIGNALS, ids=[s.name for s in SIGNALS])
 def test_stress_a_signal_at_random_moments_stops_the_sim_server(signum, sigint_state):
     rng = random.Random(f"{BASE_SEED}-sim-{signum}-{sigint_state}")
-    stress(stop_the_sim_server, [Case(rng.randrange(2**31), signum, SIGINT_STATES[sigint_state], PHASES[i % 3])
-                                 for i in range(6)])
+    phases = (*PHASES, "start-up")
+    stress(stop_the_sim_server, [Case(rng.randrange(2**31), signum, SIGINT_STATES[sigint_state], phases[i % 4])
+                                 for i in range(8)])
 
 
 # --- `policyrt train`: a stop keeps the weights reached so far -----------------------------------
