@@ -294,7 +294,7 @@ class Daemon:
         return 0
 
     def _report(self, result, seconds: float) -> None:
-        from policyrt.controllers.realtime_loop import format_result
+        from policyrt.controllers.results import format_result
 
         stats = self.stats
         recorder = self.controller.recorder

@@ -11,7 +11,8 @@ terminated/truncated); an episode that is abandoned (the robot restarted, the ru
 episode number changed because the terminal OBS was conflated away) ends truncated.
 
 Rows go into per-slot buffers allocated once (`max_steps` rows); finished episodes are kept as
-copies and the dataset is written at `close()`:
+copies and the dataset is written at `on_close()`. The rows come from the controller's tick record
+(controllers/core.py), handed to `on_tick` after every tick:
 
 - `npz` (default; numpy only, so it runs on the board): `DIR/episodes.npz` + `DIR/dataset.json`,
   the layout of `policyrt sim collect --format npz`, which `policyrt train --data DIR` reads;
@@ -31,8 +32,12 @@ from pathlib import Path
 import numpy as np
 
 from policyrt.episodes import FORMATS, Dataset, Episode
+from policyrt.protocol import ObsFlag
 
 log = logging.getLogger(__name__)
+
+_TERMINATED, _TRUNCATED = int(ObsFlag.TERMINATED), int(ObsFlag.TRUNCATED)
+_DONE = _TERMINATED | _TRUNCATED
 
 
 class EpisodeRecorder:
@@ -41,36 +46,39 @@ class EpisodeRecorder:
             raise ValueError(f"unknown dataset format {fmt!r}; use one of {', '.join(FORMATS)}")
         self.out_dir, self.fmt, self.max_steps, self.command = Path(out_dir), fmt, max_steps, command
         self.episodes: list[Episode] = []  # finished episodes
-        self._controller = None
+        self._run = None  # the controller's RunInfo, from on_start
 
-    def bind(self, controller) -> None:
-        b, n, a, cap = controller.batch, controller.obs_dim, controller.act_dim, self.max_steps
-        self._controller = controller
+    def on_start(self, run, record) -> None:
+        """Allocate the per-slot rows (run: controllers.core.RunInfo)."""
+        b, n, a, cap = run.batch, run.obs_dim, run.act_dim, self.max_steps
+        self._run = run
         self.obs = np.zeros((b, cap, n), np.float32)
         self.act = np.zeros((b, cap, a), np.float32)
         self.raw = np.zeros((b, cap, a), np.float32)
         self.rew = np.zeros((b, cap + 1), np.float32)  # rew[k]: reward that came with row k's obs
         self.len = np.zeros(b, np.int64)
 
-    def record(self, controller, raw, reset: np.ndarray) -> None:
-        """After a tick's send: append rows, close episodes. Called by the loop every tick."""
-        for i, port in enumerate(controller.ports):
-            if reset[i] and self.len[i]:
+    def on_tick(self, record) -> None:
+        """After a tick's send (record: controllers.core.TickRecord): append rows, close episodes."""
+        for i in range(len(record.live)):
+            fresh = record.new_obs[i]
+            if record.reset[i] and self.len[i]:
                 self._finish(i, terminated=False, truncated=True, final_obs=None, final_reward=0.0)
-            if controller.active[i] and port.new_obs:
+            if record.live[i] and fresh:
                 k = self.len[i]
                 if k == self.max_steps:
                     self._finish(i, terminated=False, truncated=True, final_obs=None, final_reward=0.0)
                     k = 0
-                self.obs[i, k] = controller.obs[i]
-                self.act[i, k] = controller.safety.out[i]
-                self.raw[i, k] = np.nan if raw is None else raw[i]
-                self.rew[i, k] = controller.rewards[i]
+                self.obs[i, k] = record.obs[i]
+                self.act[i, k] = record.actions[i]
+                self.raw[i, k] = record.raw[i] if record.stepped else np.nan
+                self.rew[i, k] = record.rewards[i]
                 self.len[i] = k + 1
-            elif port.new_obs and port.awaiting_reset and self.len[i]:  # the terminal OBS
-                flags = port.obs_flags
-                self._finish(i, bool(flags & 2), bool(flags & 4), port.obs, port.reward)
-            elif port.spec is None and self.len[i]:  # the robot left or restarts
+            elif fresh and record.obs_flags[i] & _DONE and self.len[i]:  # the terminal OBS
+                flags = int(record.obs_flags[i])
+                self._finish(i, bool(flags & _TERMINATED), bool(flags & _TRUNCATED), record.obs[i],
+                             float(record.rewards[i]))
+            elif not record.connected[i] and self.len[i]:  # the robot left or restarts
                 self._finish(i, terminated=False, truncated=True, final_obs=None, final_reward=0.0)
 
     def _finish(self, i: int, terminated: bool, truncated: bool, final_obs, final_reward: float) -> None:
@@ -96,9 +104,9 @@ class EpisodeRecorder:
             )
         )
 
-    def close(self) -> Path | None:
+    def on_close(self) -> Path | None:
         """Close the running episodes (truncated) and write the dataset; returns its directory."""
-        c = self._controller
+        c = self._run
         if c is None:
             return None
         for i in range(c.batch):
@@ -107,15 +115,15 @@ class EpisodeRecorder:
         if not self.episodes:
             log.warning("episode recorder: no episode to write")
             return None
-        robots = [p.spec.robot for p in c.ports if p.spec is not None]
-        low, high = c.safety.low[0], c.safety.high[0]
+        robots = c.robot_names()
+        low, high = c.action_low[0], c.action_high[0]
         meta = {
             "env_id": robots[0] if robots else "",
             "source": "policyrt real-time controller",
             "expert": "the policy's raw output (expert_actions); actions are what the safety chain sent",
             "command": self.command,
-            "rate_hz": c.config.rate_hz,
-            "robots": c.robots,
+            "rate_hz": c.rate_hz,
+            "robots": list(c.robots),
             "obs_dim": c.obs_dim,
             "act_dim": c.act_dim,
             "action_low": low.tolist(),

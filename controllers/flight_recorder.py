@@ -1,8 +1,9 @@
 """Flight recorder: the last N ticks of a real-time controller, written to disk when it matters.
 
 Every tick copies its observation, the policy's raw action, the action sent, the ACT flags, the
-fault bits and the stage timings into ring buffers allocated once (`bind`), so recording costs a
-handful of small copies and allocates nothing. A dump is requested
+fault bits and the stage timings from the controller's tick record (controllers/core.py) into ring
+buffers allocated once (`on_start`), so recording costs a handful of small copies and allocates
+nothing. A dump is requested
 
 - by a fault: an e-stop latching, a non-finite policy output, or a burst of deadline misses
   (`miss_burst` misses within `miss_window` ticks). The dump waits `post_ticks` more ticks, so
@@ -31,6 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from policyrt.controllers.safety import ESTOP, NONFINITE, REASONS
+
+DUMP_ON_ONSET = ESTOP | NONFINITE  # fault runs whose start requests a dump
 
 log = logging.getLogger(__name__)
 
@@ -61,27 +64,26 @@ class FlightRecorder:
         self._pending: tuple[str, int] | None = None  # (reason, tick to dump at)
         self._signalled = False
         self._last_auto_dump = -(1 << 62)
-        self._seen_events = 0
         self._queue: queue.Queue = queue.Queue()
         self._writer: threading.Thread | None = None
-        self._controller = None
+        self._run = None  # the controller's RunInfo, from on_start
 
     # ---- setup -------------------------------------------------------------------------------
 
-    def bind(self, controller) -> None:
-        """Allocate the rings for the controller's dims and batch; called by run()."""
-        n, b = self.capacity, controller.batch
-        self._controller = controller
+    def on_start(self, run, record) -> None:
+        """Allocate the rings for the run's dims and batch (run: controllers.core.RunInfo)."""
+        n, b = self.capacity, run.batch
+        self._run = run
         self.tick = np.full(n, -1, np.int64)
         self.t_ns = np.zeros(n, np.int64)
-        self.obs = np.zeros((n, b, controller.obs_dim), np.float32)
-        self.raw = np.zeros((n, b, controller.act_dim), np.float32)
-        self.action = np.zeros((n, b, controller.act_dim), np.float32)
+        self.obs = np.zeros((n, b, run.obs_dim), np.float32)
+        self.raw = np.zeros((n, b, run.act_dim), np.float32)
+        self.action = np.zeros((n, b, run.act_dim), np.float32)
         self.flags = np.zeros((n, b), np.uint32)
         self.faults = np.zeros((n, b), np.uint8)
         self.active = np.zeros((n, b), bool)
-        self.stages = np.zeros((n, len(controller.times.stages)), np.int64)
-        self._stage_names = controller.times.stages
+        self.stages = np.zeros((n, len(run.stages)), np.int64)
+        self._stage_names = run.stages
         self._writer = threading.Thread(target=self._write_loop, name="flight-recorder", daemon=True)
         self._writer.start()
 
@@ -98,32 +100,34 @@ class FlightRecorder:
 
     # ---- the hot path ------------------------------------------------------------------------
 
-    def deadline_miss(self, tick: int) -> None:
+    def _deadline_miss(self, tick: int) -> None:
         self._misses[self._miss_count % len(self._misses)] = tick
         self._miss_count += 1
         oldest = self._misses[self._miss_count % len(self._misses)]
         if self._miss_count >= self.miss_burst and tick - oldest < self.miss_window:
             self._fault("deadline_burst", tick)
 
-    def record(self, tick: int, t_start_ns: int, controller, raw) -> None:
+    def on_tick(self, record) -> None:
+        tick = record.tick
+        if record.deadline_missed:
+            self._deadline_miss(tick)
         i = self.count % self.capacity
         self.tick[i] = tick
-        self.t_ns[i] = t_start_ns
-        self.obs[i] = controller.obs
-        if raw is None:
-            self.raw[i] = np.nan
+        self.t_ns[i] = record.t_start_ns
+        self.obs[i] = record.obs
+        if record.stepped:
+            self.raw[i] = record.raw
         else:
-            self.raw[i] = raw
-        self.action[i] = controller.safety.out
-        self.flags[i] = controller.safety.flags
-        self.faults[i] = controller.faults
-        self.active[i] = controller.active
-        times = controller.times
-        self.stages[i] = times._ns[(times.count - 1) % len(times._ns)]
+            self.raw[i] = np.nan
+        self.action[i] = record.actions
+        self.flags[i] = record.act_flags
+        self.faults[i] = record.faults
+        self.active[i] = record.live
+        self.stages[i] = record.stage_ns
         self.count += 1
-        safety = controller.safety
-        if safety.event_count != self._seen_events:
-            self._check_events(safety, tick)
+        if record.fault_onsets & DUMP_ON_ONSET:
+            onsets = record.fault_onsets
+            self._fault(REASONS[ESTOP if onsets & ESTOP else NONFINITE], tick)
         if self._signalled:
             reason = self._signalled if isinstance(self._signalled, str) else "sigusr1"
             self._signalled = False
@@ -132,14 +136,6 @@ class FlightRecorder:
             reason, _ = self._pending
             self._pending = None
             self._dump(reason, tick)
-
-    def _check_events(self, safety, tick: int) -> None:
-        new = min(safety.event_count - self._seen_events, len(safety.events))
-        self._seen_events = safety.event_count
-        for k in range(new):
-            _, _, bit, began = safety.events[(safety.event_count - 1 - k) % len(safety.events)]
-            if began and bit in (ESTOP, NONFINITE):
-                self._fault(REASONS[int(bit)], tick)
 
     def _fault(self, reason: str, tick: int) -> None:
         if self._pending is not None or tick - self._last_auto_dump < self.capacity // 2:
@@ -152,7 +148,7 @@ class FlightRecorder:
         """Copy the rings oldest-first (fast) and hand the copy to the writer thread."""
         n = min(self.count, self.capacity)
         order = (np.arange(n) + (self.count - n)) % self.capacity
-        c = self._controller
+        run = self._run
         arrays = {
             "tick": self.tick[order],
             "t_ns": self.t_ns[order],
@@ -163,18 +159,18 @@ class FlightRecorder:
             "faults": self.faults[order],
             "active": self.active[order],
             "stage_ns": self.stages[order],
-            "events": c.safety.recent_events(),
+            "events": run.fault_events(),
         }
         meta = {
             "format_version": FORMAT_VERSION,
             "reason": reason,
             "tick": int(tick),
             "wall_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "rate_hz": c.config.rate_hz,
-            "robots": c.robots,
+            "rate_hz": run.rate_hz,
+            "robots": list(run.robots),
             "stages": list(self._stage_names),
             "fault_bits": {str(bit): name for bit, name in REASONS.items()},
-            "counters": c.counters,
+            "counters": run.counters(),
         }
         self._queue.put((reason, tick, arrays, meta))
 
@@ -196,9 +192,9 @@ class FlightRecorder:
             self.dumps.append(path)
             log.warning("flight recorder: wrote %s (%d ticks, %s)", path, len(arrays["tick"]), reason)
 
-    def close(self) -> None:
+    def on_close(self) -> None:
         """Write a still-pending dump, then wait for the writer."""
-        if self._controller is None:
+        if self._run is None:
             return
         if self._pending is not None or self._signalled:
             reason = self._pending[0] if self._pending else "sigusr1"

@@ -207,8 +207,9 @@ class LockstepDriver:
             if msg.type is data_type:
                 t_obs = now_ns()
                 bits = self.frames.take(msg)
+                self.episodes.take(self.core.record, self.ticks, bits & _RESET)
                 if bits & _DONE:
-                    self.episodes.close(self.frames.done_rows(msg), self.core.record)
+                    self.episodes.close(self.frames.done_rows(msg), self.ticks)
                     if episodes is not None and len(self.episodes.ended) >= episodes:
                         link.send(self.frames.enc.control(MsgType.BYE))  # instead of the answer
                         return "episodes_done", f"{len(self.episodes.ended)} episode(s) as asked"
@@ -232,12 +233,10 @@ class LockstepDriver:
             bits |= _RESET
         estop = self.control.estop
         rec.faults.fill(ESTOP if estop else 0)  # the chain adds its own bits in place each tick
-        self.episodes.before_tick(rec, bits & _RESET)
         actions = core.tick(reset_any=bits & _RESET != 0, run_policy=not estop, faulted=estop)
         t_infer, t_filter = core.t_infer, core.t_filter
         self.link.send(self.frames.answer(msg, actions, rec.act_flags))
         t_sent = now_ns()
-        self.episodes.after_tick(rec)
         self.ticks += 1
         self.env_steps += self.frames.live_rows
         self.times.record(
@@ -304,29 +303,33 @@ class BatchFrames:
 
 
 class EpisodeBook:
-    """Per-slot episode return and length, and the episodes that ended."""
+    """Per-slot episode return and length, and the episodes that ended.
+
+    One in-place add per tick: every row's reward goes into a running sum (a RESET row's reward
+    is 0, an IDLE row's too), and an episode's return is that sum now minus the sum at its RESET
+    row; its length is the ticks from its RESET row to its terminal row, since every frame
+    carries every slot (the terminal row itself is no step)."""
 
     def __init__(self, batch: int):
-        self.returns = np.zeros(batch, np.float64)
-        self.lengths = np.zeros(batch, np.int64)
+        self.sums = np.zeros(batch, np.float64)
+        self.start_sums = np.zeros(batch, np.float64)
+        self.start_ticks = np.zeros(batch, np.int64)
         self.ended: list[EpisodeSummary] = []
 
-    def before_tick(self, rec, reset_any: int) -> None:
+    def take(self, rec, tick: int, reset_any: int) -> None:
+        """The rows of `tick` (call before closing its terminal rows)."""
+        np.add(self.sums, rec.rewards, out=self.sums)
         if reset_any:
-            self.returns[rec.reset] = 0.0
-            self.lengths[rec.reset] = 0
-        np.add(self.returns, rec.rewards, out=self.returns, where=rec.live)  # a RESET row's reward is 0
+            self.start_sums[rec.reset] = self.sums[rec.reset]
+            self.start_ticks[rec.reset] = tick
 
-    def after_tick(self, rec) -> None:
-        np.add(self.lengths, rec.live, out=self.lengths)
-
-    def close(self, rows: list[tuple[int, int, int]], rec) -> None:
-        """rows: (slot, episode index, flags) of the terminal rows; their reward ends the return."""
+    def close(self, rows: list[tuple[int, int, int]], tick: int) -> None:
+        """rows: (slot, episode index, flags) of the terminal rows of `tick`."""
         for slot, index, flags in rows:
             summary = EpisodeSummary(
                 index=index,
-                episode_return=float(self.returns[slot] + rec.rewards[slot]),
-                length=int(self.lengths[slot]),
+                episode_return=float(self.sums[slot] - self.start_sums[slot]),
+                length=int(tick - self.start_ticks[slot]),
                 terminated=bool(flags & _TERMINATED),
                 truncated=bool(flags & _TRUNCATED),
                 slot=slot,
@@ -335,8 +338,8 @@ class EpisodeBook:
             log.info(
                 "episode %d%s: return %.2f over %d steps",
                 summary.index,
-                f" (slot {slot})" if len(self.returns) > 1 else "",
+                f" (slot {slot})" if len(self.sums) > 1 else "",
                 summary.episode_return,
                 summary.length,
             )
-            self.returns[slot], self.lengths[slot] = 0.0, 0
+            self.start_sums[slot], self.start_ticks[slot] = self.sums[slot], tick + 1

@@ -1,8 +1,9 @@
 """One robot as the real-time controller sees it: its two links and what it last said.
 
 `poll()` drains both links without blocking and keeps only what a tick needs: the newest valid
-observation (older ones that arrived in the same tick are dropped and counted), the e-stop latch,
-and whether the robot's session is up. Every rejected frame is counted per kind in the shared
+observation (older ones that arrived in the same tick are dropped and counted), the e-stop latch
+(`control`, the SessionControl every driver uses for ESTOP/CLEAR/BYE/HEARTBEAT/unexpected), and
+whether the robot's session is up. Every rejected frame is counted per kind in the shared
 `ErrorTally`; nothing a peer sends can raise out of `poll()`.
 
 The HELLO handshake is not a blocking step here, unlike lockstep: a robot that is not there yet,
@@ -20,6 +21,7 @@ import numpy as np
 
 from policyrt.controllers.core import SpecMismatchError, check_spec
 from policyrt.protocol import Encoder, ErrorTally, MsgType, ObsFlag, ProtocolError, Spec
+from policyrt.session_control import Control, SessionControl
 from policyrt.stream import open_session_link, open_stream_link
 
 log = logging.getLogger(__name__)
@@ -58,18 +60,24 @@ class RobotPort:
         self.new_obs = False  # a new observation arrived in this tick's poll
         self.awaiting_reset = False  # the last OBS was terminal: nothing to answer until the next
         self.reset_pending = False  # the slot's policy state must be reset before its next step
-        self.estop = False
+        self._tick = 0  # the tick being polled, for the control log lines
+        self.control = SessionControl(
+            "controller", errors, log, where=self._where, cleared_means="policy state reset"
+        )
         self.cleared = False  # CLEAR arrived in this tick's poll (the loop resets the slot)
         self.spec_changed = False  # a SPEC was accepted in this tick's poll
         self.left = False  # BYE arrived in this tick's poll
         self.dropped_obs = 0  # valid OBS overwritten by a newer one within one poll
-        self.estops = 0  # e-stop latches
         self.spec_mismatches = 0
+
+    def _where(self) -> str:
+        return f"tick {self._tick}: robot {self.endpoint} (slot {self.slot})"
 
     # ---- receiving -------------------------------------------------------------------------
 
     def poll(self, now_ns: int, tick: int) -> None:
         self.new_obs = self.cleared = self.spec_changed = self.left = False
+        self._tick = tick
         self._drain_session(now_ns, tick)
         for msg in self.stream.pending(MAX_STREAM_FRAMES_PER_TICK, self.errors):
             if msg.type is not MsgType.OBS:
@@ -102,33 +110,17 @@ class RobotPort:
         self.awaiting_reset = bool(msg.flags & _DONE)  # a terminal OBS is not answered
 
     def _control(self, msg, now_ns: int, tick: int) -> None:
-        mtype = msg.type
-        if mtype is MsgType.SPEC:
+        if msg.type is MsgType.SPEC:
             self._accept_spec(msg.spec, tick, now_ns)
-        elif mtype is MsgType.ESTOP:
-            if not self.estop:
-                self.estop = True
-                self.estops += 1
-                log.warning(
-                    "tick %d: robot %s (slot %d): emergency stop latched", tick, self.endpoint, self.slot
-                )
-        elif mtype is MsgType.CLEAR:
-            if self.estop:
-                self.estop = False
-                self.cleared = True
-                log.warning(
-                    "tick %d: robot %s (slot %d): emergency stop cleared; policy state reset",
-                    tick,
-                    self.endpoint,
-                    self.slot,
-                )
-        elif mtype is MsgType.BYE:
+            return
+        latched = self.control.estop
+        if self.control.handle(msg) is Control.BYE:
             log.warning("tick %d: robot %s (slot %d) said BYE", tick, self.endpoint, self.slot)
             self.spec = None
             self.obs_ns = 0
             self.left = True
-        elif mtype is not MsgType.HEARTBEAT:
-            self.errors.add(ProtocolError("unexpected", f"{mtype.name} from the robot on the session link"))
+        elif latched and not self.control.estop:
+            self.cleared = True
 
     def _accept_spec(self, spec: Spec, tick: int, now_ns: int) -> None:
         try:

@@ -1,10 +1,11 @@
 """Telemetry for the real-time controller: JSON snapshots on a PUB socket, optional Prometheus.
 
-Nothing here runs on the control loop. A background thread wakes `1 / publish_hz` times a second,
-reads the controller's counters and the newest rows of its stage-time ring (written by the loop
-without locks; a row torn by a concurrent write skews one sample of one snapshot, nothing more),
-computes percentiles and log2 histograms over that window, and publishes one small JSON object.
-`policyrt top ENDPOINT` renders it.
+On the control loop only `on_tick` runs: it copies the tick record's stage durations and
+tick-start jitter (controllers/core.py) into rings of its own, allocated once at `on_start` (two
+small copies). A background thread wakes `1 / publish_hz` times a second, reads the controller's
+counters and the newest rows of those rings (written without locks; a row torn by a concurrent
+write skews one sample of one snapshot, nothing more), computes percentiles and log2 histograms
+over that window, and publishes one small JSON object. `policyrt top ENDPOINT` renders it.
 
 PUB/SUB fits telemetry where it does not fit control: a viewer that joins late or falls behind
 just misses snapshots, and the controller never waits for one (ZMQ_SNDHWM small, no blocking).
@@ -42,14 +43,15 @@ def _last_rows(ring: np.ndarray, count: int, window: int) -> np.ndarray:
     return ring[idx]
 
 
-def snapshot(controller, window: int = 1000) -> dict:
-    """A JSON-able summary of the controller's state over its last `window` ticks."""
-    times = controller.times
-    rows = _last_rows(times._ns, times.count, window)
-    sched = controller.scheduler
-    jitter = _last_rows(sched._jitter, sched.count, window)
+RING_TICKS = 1 << 14  # ticks kept for snapshots and the Prometheus histograms (16 s at 1 kHz)
+
+
+def snapshot(run, stage_rows: np.ndarray, jitter: np.ndarray) -> dict:
+    """A JSON-able summary of the run (controllers.core.RunInfo) over the given ticks: stage
+    durations int64 ns [ticks, stages] and tick-start jitter ns [ticks]."""
+    rows = stage_rows
     stages, hists = {}, {}
-    for i, name in enumerate(times.stages):
+    for i, name in enumerate(run.stages):
         col = rows[:, i] if len(rows) else rows.reshape(0)
         if len(col):
             p50, p99 = np.percentile(col, [50, 99]) / 1e3
@@ -69,9 +71,9 @@ def snapshot(controller, window: int = 1000) -> dict:
         }
     return {
         "time": time.time(),
-        "rate_hz": controller.config.rate_hz,
-        "robots": list(controller.robots),
-        "counters": controller.counters,
+        "rate_hz": run.rate_hz,
+        "robots": list(run.robots),
+        "counters": run.counters(),
         "window_ticks": int(len(rows)),
         "stages": stages,
         "jitter": jit,
@@ -99,9 +101,14 @@ class Telemetry:
         self._thread: threading.Thread | None = None
         self.published = 0
         self.last: dict | None = None
+        self.count = 0  # ticks seen
 
-    def start(self, controller) -> None:
-        self._controller = controller
+    def on_start(self, run, record) -> None:
+        """Allocate the rings and start publishing (run: controllers.core.RunInfo)."""
+        self._run = run
+        self._stages = np.zeros((RING_TICKS, len(run.stages)), np.int64)
+        self._jitter = np.zeros(RING_TICKS, np.int64)
+        self.count = 0
         self._stop.clear()
         ctx = self._context or zmq.Context.instance()
         self._sock = None
@@ -120,9 +127,17 @@ class Telemetry:
             self.publish()
         self.publish()  # the final state, so a viewer sees how the run ended
 
+    def on_tick(self, record) -> None:
+        i = self.count % RING_TICKS
+        self._stages[i] = record.stage_ns
+        self._jitter[i] = record.jitter_ns
+        self.count += 1
+
     def publish(self) -> None:
         try:
-            snap = snapshot(self._controller, self.window)
+            count = self.count
+            rows = _last_rows(self._stages, count, self.window)
+            snap = snapshot(self._run, rows, _last_rows(self._jitter, count, self.window))
         except Exception as exc:  # telemetry must never take the controller down
             log.error("telemetry snapshot failed: %s", exc)
             return
@@ -133,10 +148,10 @@ class Telemetry:
             except zmq.ZMQError:
                 pass
         if self._prom is not None:
-            self._prom.update(snap, self._controller)
+            self._prom.update(snap, self._stages, count, self._run.stages)
         self.published += 1
 
-    def stop(self) -> None:
+    def on_close(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -175,7 +190,7 @@ class _Prometheus:
         prom.start_http_server(port, registry=r)
         log.info("Prometheus metrics on http://0.0.0.0:%d/metrics", port)
 
-    def update(self, snap: dict, controller) -> None:
+    def update(self, snap: dict, ring: np.ndarray, count: int, stages: tuple[str, ...]) -> None:
         c = snap["counters"]
         self.ticks.set(c["ticks"])
         self.misses.set(c["deadline_misses"])
@@ -185,10 +200,9 @@ class _Prometheus:
             self.fallbacks.labels(reason).set(n)
         for kind, n in c["rejected"].items():
             self.rejected.labels(kind).set(n)
-        times = controller.times
-        rows = _last_rows(times._ns, times.count, min(times.count - self._seen, len(times._ns)))
-        self._seen = times.count
-        for i, name in enumerate(times.stages):
+        rows = _last_rows(ring, count, min(count - self._seen, len(ring)))
+        self._seen = count
+        for i, name in enumerate(stages):
             child = self.stage.labels(name)
             for v in rows[:, i]:
                 child.observe(v / 1e9)

@@ -59,6 +59,11 @@ class TickScheduler:
         self._jitter = np.zeros(jitter_capacity, np.int64)
         self.count = 0  # ticks started (= jitter samples recorded, including overwritten ones)
 
+    @property
+    def clock(self):
+        """The clock ticks are due on (monotonic ns; injected in tests): time a tick's stages with it."""
+        return self._clock
+
     def start(self, t0: int | None = None) -> None:
         """Tick 0 is due at t0 (default: now): call right before the first wait()."""
         self.t0 = self._clock() if t0 is None else t0

@@ -21,7 +21,8 @@ from realtime_helpers import (
 from wire_helpers import PATIENCE_S, endpoint_for
 
 from policyrt.controllers.flight_recorder import load_dump
-from policyrt.controllers.realtime_loop import RealtimeController, format_result
+from policyrt.controllers.realtime_loop import RealtimeController
+from policyrt.controllers.results import format_result
 from policyrt.controllers.safety import ESTOP
 from policyrt.controllers.settings import RealtimeConfig
 from policyrt.protocol import ActFlag, MsgType, ObsFlag

@@ -115,7 +115,7 @@ def test_sigterm_sends_the_safe_action_and_bye_and_exits_zero(tmp_path):
     controller.send_signal(signal.SIGTERM)
     code, out, err = finish(controller)
     assert code == 0, err
-    assert "stopped: stopped" in out
+    assert "stopped: interrupted (stopped by SIGTERM" in out
     code, _, err = finish(sim)
     assert code == 0, err
     assert json.loads(results.read_text())["stop_reason"] == "controller_left"

@@ -10,7 +10,7 @@ import sys
 def run_realtime(args, settings) -> int:
     """settings: the ControllerSettings of the command line (commands/_realtime_args.py)."""
     from policyrt.controllers.build import build_controller, stop_on_request
-    from policyrt.controllers.realtime_loop import format_result
+    from policyrt.controllers.results import format_result
     from policyrt.runtime import BundleError
     from policyrt.stopping import STOP
 
