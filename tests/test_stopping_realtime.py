@@ -59,7 +59,8 @@ def stop_realtime(case: Case, command: list[str], endpoint: str) -> str:
 def stop_run_realtime(case: Case) -> None:
     ep = ipc_endpoint()
     out = stop_realtime(case, ["run", str(BUNDLE), "--connect", ep, "--mode", "realtime", "--rate", "100"], ep)
-    assert out.startswith("stopped: "), f"{case}: {out}"
+    name = signal.Signals(case.signum).name
+    assert out.startswith(f"stopped: interrupted (stopped by {name})"), f"{case}: {out}"
 
 
 def stop_the_daemon(case: Case, config_dir: Path) -> None:
