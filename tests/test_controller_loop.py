@@ -293,7 +293,8 @@ def test_closed_loop_with_the_stand_in_policy_holds_the_pendulum(transport, tmp_
     result = run_lockstep(LinearSession.inverted_pendulum(), ep, robot_timeout_s=PATIENCE_S)
     out, err = server.communicate(timeout=PATIENCE_S)
     assert server.returncode == 0, err
-    assert result.stop_reason == "robot_left" and result.ticks == 1000
+    assert result.stop_reason == "robot_left" and result.env_steps == 1000
+    assert result.ticks == 1001  # protocol 2: the terminal observation is answered too
     assert [e.episode_return for e in result.episodes] == [1000.0]
     assert json.loads(results.read_text())["episodes"][0]["episode_return"] == 1000.0
 
