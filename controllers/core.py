@@ -10,7 +10,8 @@ One owner each:
 - the previous action is the safety chain's `applied` (what each robot got last tick). It is the
   session's prev_action input every step; a resetting row's prev_action and reward are ignored by
   the step graph itself (policies/xlstm_step.py, dt_step.py: "whatever the host sent").
-- a reset is `Session.reset(mask)`, called here only, for the rows the driver set in `reset`.
+- a reset is `Session.reset(mask)`, called here only: for the rows the driver set in `reset`, and
+  for every slot after a warm-up or a session swap.
 
 Observers (flight recorder, telemetry, episode recorder) are handed the core's `TickRecord`, one
 object rewritten in place every tick, through `on_start(run, record)`, `on_tick(record)` and
@@ -197,6 +198,16 @@ class ControlCore:
         self.deadline_misses += 1
         rec.deadline_missed = True
         rec.faults[rec.live & (rec.faults == 0)] |= DEADLINE  # the rows that were stepped
+
+    def warm_up(self, steps: int) -> None:
+        """Step the session `steps` times on the current rows through the tick's own call, then
+        start every slot fresh: the backend's first-run allocations happen here, not at a robot's
+        first deadline."""
+        rec = self.record
+        for _ in range(steps):
+            self.session.step(rec.obs, rec.rewards, prev_action=self.chain.applied, out=rec.raw)
+        if steps:
+            self.session.reset()
 
     def replace_session(self, session) -> None:
         """A new session of the same dims and batch; every slot's state starts fresh."""

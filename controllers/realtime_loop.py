@@ -37,7 +37,7 @@ import gc
 import logging
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import zmq
 
@@ -78,12 +78,13 @@ class RealtimeController:
         curve=None,
         context: zmq.Context | None = None,
         episodes=None,
+        observers: Sequence = (),
         stop: StopRequest = STOP,
     ):
         """telemetry: controllers.telemetry.Telemetry; recorder: controllers.flight_recorder.
         FlightRecorder; episodes: controllers.episode_recorder.EpisodeRecorder (a dataset of what
-        was seen and sent): the observers of the run. curve: a CURVE client setup for the links
-        (controllers.auth)."""
+        was seen and sent); observers: any others (controllers.core.Observer). curve: a CURVE
+        client setup for the links (controllers.auth)."""
         if not robots:
             raise ValueError("at least one robot endpoint is needed")
         if len(set(robots)) != len(robots):
@@ -95,7 +96,7 @@ class RealtimeController:
             )
         self.robots, self.config, self.curve, self.stop = list(robots), config, curve, stop
         self.telemetry, self.recorder, self.episode_recorder = telemetry, recorder, episodes
-        self.observers = [o for o in (recorder, episodes, telemetry) if o is not None]
+        self.observers = [o for o in (recorder, episodes, telemetry, *observers) if o is not None]
         self._context = context
         self.on_tick: Callable[[int], None] | None = None  # called at each tick's start (the daemon's watchdog)
         manifest = session.manifest
@@ -196,7 +197,7 @@ class RealtimeController:
         for port in self.ports:
             self._set_stale(port)
         try:
-            self._warm_up()  # before any helper thread starts: a broken session fails here, alone
+            self.core.warm_up(cfg.warmup_steps)  # before any helper thread: a broken session fails here, alone
         except BaseException:
             for port in self.ports:
                 port.close()
@@ -330,13 +331,6 @@ class RealtimeController:
             if fault:
                 faulted = True
         return faulted, run_policy, reset_any
-
-    def _warm_up(self) -> None:
-        rec = self.record
-        for _ in range(self.config.warmup_steps):
-            self.session.step(rec.obs, rec.rewards, prev_action=self.safety.applied, out=rec.raw)
-        if self.config.warmup_steps:
-            self.session.reset()
 
     def _swap(self, tick: int) -> None:
         with self._swap_lock:

@@ -43,9 +43,10 @@ class Harness:
         cfg = dict(CALM)
         cfg.update(config)
         self.recorder = cfg.pop("recorder", None)
-        episodes = cfg.pop("episodes", None)
+        episodes, observers = cfg.pop("episodes", None), cfg.pop("observers", ())
         self.controller = RealtimeController(
-            session, self.endpoints, RealtimeConfig(**cfg), recorder=self.recorder, episodes=episodes
+            session, self.endpoints, RealtimeConfig(**cfg), recorder=self.recorder, episodes=episodes,
+            observers=observers,
         )
         self.thread, self.box = run_in_thread(self.controller)
 
@@ -342,3 +343,42 @@ def test_cyclic_garbage_from_other_threads_is_collected_in_the_slack_of_a_tick(h
         time.sleep(0.01)
     assert alive() is None
     h.stop()
+
+
+class TickLog:
+    """An observer that keeps what each tick's record said about robot slot 0."""
+
+    def __init__(self):
+        self.started, self.closed, self.records, self.ticks = [], 0, set(), []
+
+    def on_start(self, run, record) -> None:
+        self.started.append((run.batch, run.obs_dim, run.act_dim, run.stages, run.robots))
+
+    def on_tick(self, record) -> None:
+        self.records.add(id(record))
+        if record.new_obs[0]:
+            self.ticks.append((record.tick, bool(record.live[0]), bool(record.reset[0]), float(record.obs[0, 0]),
+                               float(record.actions[0, 0]), int(record.obs_flags[0]), record.stepped))
+
+    def on_close(self) -> None:
+        self.closed += 1
+
+
+def test_observers_get_one_preallocated_tick_record_and_see_what_was_sent(harness):
+    log = TickLog()
+    h = harness(observers=[log])
+    h.robot.accept()
+    seq = h.robot.obs([0.5, 0, 0, 0], flags=ObsFlag.RESET)
+    h.robot.act_answering(seq)
+    seq = h.robot.obs([9.0, 0, 0, 0], reward=1.0, step=1)
+    h.robot.act_answering(seq)
+    h.robot.obs([0.25, 0, 0, 0], reward=1.0, flags=ObsFlag.TERMINATED, step=2)
+    wait_until(lambda: h.counters()["terminal_obs"] == 1, "the terminal observation")
+    h.stop()
+    assert log.started == [(1, 4, 1, ("receive", "infer", "filter", "send", "tick"), (h.endpoints[0],))]
+    assert log.closed == 1 and len(log.records) == 1  # the same object every tick
+    (t0, *first), (t1, *second), (t2, *terminal) = log.ticks
+    assert t0 < t1 < t2
+    assert first == [True, True, 0.5, 0.5, int(ObsFlag.RESET), True]
+    assert second == [True, False, 9.0, 3.0, 0, True]  # the action sent: clipped to the bound
+    assert terminal[:3] == [False, False, 0.25] and terminal[4] == int(ObsFlag.TERMINATED)
