@@ -30,6 +30,8 @@ from collections.abc import Callable
 from policyrt.protocol import ErrorTally, Message, MsgType, ProtocolError
 
 SIDES = ("controller", "robot")
+# How long closing a link may wait for the final BYE to leave (a vanished peer costs this once).
+BYE_FLUSH_MS = 200
 
 
 class Control(enum.Enum):
@@ -119,3 +121,11 @@ class SessionControl:
 
     def _prefix(self) -> str:
         return f"{self._where()}: " if self._where is not None else ""
+
+
+def send_final_bye(link, encoder, flush_ms: int = BYE_FLUSH_MS) -> None:
+    """BYE as the session's last frame, then close the link so that the BYE leaves: a Link closes
+    with LINGER 0, which drops a frame still queued in ZeroMQ (the peer would wait for its timeout
+    instead of hearing the BYE); this close waits up to `flush_ms` for it. The link is closed after."""
+    link.send(encoder.control(MsgType.BYE))
+    link.sock.close(linger=flush_ms)

@@ -25,7 +25,7 @@ import zmq
 
 from policyrt.link import Link
 from policyrt.protocol import ActFlag, Encoder, ErrorTally, Message, MsgType, ProtocolError
-from policyrt.session_control import Control, SessionControl
+from policyrt.session_control import Control, SessionControl, send_final_bye
 from policyrt.stopping import STOP, StopRequest
 from policyrt.timing import StageTimes, now_ns
 
@@ -195,7 +195,7 @@ class LockstepDriver:
                             ProtocolError("stale", f"{msg.type.name} answers seq {msg.ack}, waiting for {self.pending}")
                         )
                     elif self._tick(msg):
-                        self.link.send(self.enc.control(MsgType.BYE))
+                        send_final_bye(self.link, self.enc)
                         return "episodes_done", f"{len(self.robot.episodes)} episode(s) completed as asked"
                     continue
                 what = self.control.handle(msg)
@@ -210,7 +210,7 @@ class LockstepDriver:
         """A receive returned nothing: a stop request, or the peer's silence."""
         if self.stop is not None and self.stop.requested:
             if self.control.connected:  # a controller is there to tell; with none, the send would wait
-                self.link.send(self.enc.control(MsgType.BYE))
+                send_final_bye(self.link, self.enc)
             return "interrupted", f"stopped by {self.stop.reason} after {self.robot.steps} steps"
         if not self.control.connected:
             return "no_controller", f"no controller said HELLO on {self.link.endpoint} within {connect_timeout_s:g} s"

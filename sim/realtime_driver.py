@@ -36,7 +36,7 @@ import zmq
 
 from policyrt.protocol import ActFlag, Encoder, ErrorTally, MsgType
 from policyrt.scheduler import TickScheduler
-from policyrt.session_control import Control, SessionControl
+from policyrt.session_control import Control, SessionControl, send_final_bye
 from policyrt.stopping import STOP, StopRequest
 from policyrt.stream import open_session_link, open_stream_link
 from policyrt.timing import StageTimes
@@ -240,7 +240,7 @@ class RealtimeDriver:
         finally:
             robot.abandon()
             if self.control.connected:
-                self.session.send(self.enc.control(MsgType.BYE))
+                send_final_bye(self.session, self.enc)
 
     # ---- receiving ---------------------------------------------------------------------------
 

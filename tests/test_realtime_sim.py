@@ -164,7 +164,9 @@ def test_a_stopped_realtime_sim_says_bye_to_its_controller_and_exits_zero(tmp_pa
         sim.send_signal(sig)
         while (msg := session.recv(PATIENCE_S)) is not None and msg.type is not MsgType.BYE:
             pass  # ESTOP/CLEAR repeats are the only other frames the robot sends here
-        assert msg is not None, "no BYE from the stopped robot"
+        if msg is None:
+            sim.kill()
+            raise AssertionError("no BYE from the stopped robot:\n" + "".join(sim.communicate()))
     finally:
         session.close()
     code, out, err = finish(sim)

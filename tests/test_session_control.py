@@ -80,3 +80,23 @@ def test_controller_side_bye_ends_and_a_hello_or_data_of_the_wrong_direction_is_
 def test_unknown_side_is_refused():
     with pytest.raises(ValueError, match="side must be one of"):
         SessionControl("operator", ErrorTally(log, "x"), log)
+
+
+def test_the_final_bye_still_leaves_after_the_link_is_closed():
+    """A Link closes with LINGER 0; a BYE still queued then would be dropped. Here the peer binds
+    only after the close: the BYE reaches it all the same."""
+    import time
+
+    from wire_helpers import endpoint_for
+
+    from policyrt.link import Link
+    from policyrt.session_control import send_final_bye
+
+    ep = endpoint_for("ipc")
+    controller = Link(ep, bind=False)  # queues for a robot that is not there yet
+    send_final_bye(controller, Encoder(), flush_ms=5000)
+    assert controller.sock.closed
+    time.sleep(0.1)
+    with Link(ep, bind=True) as robot:
+        msg = robot.recv(5.0)
+    assert msg is not None and msg.type is MsgType.BYE

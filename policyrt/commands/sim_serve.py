@@ -167,61 +167,70 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def handle(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    try:
+        return _handle(args)
+    finally:
+        _release_zmq()
+
+
+def _handle(args: argparse.Namespace) -> int:
     from policyrt.controllers.auth import check_endpoint, load_server
 
-    if args.mode == "realtime":
-        try:
-            check_endpoint(
-                args.bind, secured=bool(args.curve_keys), insecure=args.insecure, what="--bind", how="--curve-keys DIR"
-            )
-            curve = load_server(args.curve_keys) if args.curve_keys else None
-        except ValueError as err:
-            print(f"policyrt sim serve: {err}", file=sys.stderr)
-            return 2
-        return _serve_realtime(args, curve)
-    if args.rate is not None or args.duration is not None or args.act_timeout is not None:
+    if args.mode != "realtime" and (args.rate is not None or args.duration is not None or args.act_timeout is not None):
         print("policyrt sim serve: --rate, --duration and --act-timeout need --mode realtime", file=sys.stderr)
         return 2
+    try:  # AuthError is a ValueError: refused endpoints and missing keys are one line, exit 2.
+        check_endpoint(
+            args.bind, secured=bool(args.curve_keys), insecure=args.insecure, what="--bind", how="--curve-keys DIR"
+        )
+        curve = load_server(args.curve_keys) if args.curve_keys else None
+    except ValueError as err:
+        print(f"policyrt sim serve: {err}", file=sys.stderr)
+        return 2
+    return _serve_realtime(args, curve) if args.mode == "realtime" else _serve_lockstep(args, curve)
+
+
+def _release_zmq() -> None:
+    """Let the last frames leave before the process exits: pyzmq does not terminate its global
+    context at interpreter exit, so a final BYE still queued (its link closed with a linger) would
+    be lost and the controller would wait for its timeout instead."""
+    import zmq
+
+    from policyrt.controllers.auth import stop_authenticators
+    from policyrt.session_control import BYE_FLUSH_MS
+
+    stop_authenticators()
+    zmq.Context.instance().destroy(linger=BYE_FLUSH_MS)
+
+
+def _serve_lockstep(args, curve=None) -> int:
     from policyrt.sim.lockstep_driver import format_result, serve
     from policyrt.sim.robot import FAILED_STOPS
 
     try:  # serve refuses impossible layouts (P < 1, P > 1 with seeding 'first') before binding
-        # AuthError is a ValueError: refused endpoints and missing keys are one line, exit 2.
-        check_endpoint(
-            args.bind,
-            secured=bool(args.curve_keys),
-            insecure=args.insecure,
-            what="--bind",
-            how="--curve-keys DIR",
-        )
-        curve = load_server(args.curve_keys) if args.curve_keys else None
-        result = _serve(args, serve, curve)
+        with _episode_events(args) as on_episode:
+            result = serve(
+                args.env,
+                args.bind,
+                episodes=args.episodes,
+                seed=args.seed,
+                controller_timeout_s=args.controller_timeout,
+                connect_timeout_s=args.connect_timeout,
+                results_path=args.results,
+                env_kwargs=dict(args.env_arg),
+                spin_us=args.spin_us,
+                num_envs=args.num_envs,
+                seeding=args.seeding,
+                stage_times_path=args.stage_times,
+                curve=curve,
+                env_threads=args.env_threads,
+                on_episode=on_episode,
+            )
     except ValueError as err:
         print(f"policyrt sim serve: {err}", file=sys.stderr)
         return 2
     print(format_result(result), flush=True)
     return 1 if result.stop_reason in FAILED_STOPS else 0
-
-
-def _serve(args, serve, curve=None):
-    with _episode_events(args) as on_episode:
-        return serve(
-            args.env,
-            args.bind,
-            episodes=args.episodes,
-            seed=args.seed,
-            controller_timeout_s=args.controller_timeout,
-            connect_timeout_s=args.connect_timeout,
-            results_path=args.results,
-            env_kwargs=dict(args.env_arg),
-            spin_us=args.spin_us,
-            num_envs=args.num_envs,
-            seeding=args.seeding,
-            stage_times_path=args.stage_times,
-            curve=curve,
-            env_threads=args.env_threads,
-            on_episode=on_episode,
-        )
 
 
 def _serve_realtime(args, curve=None) -> int:
