@@ -79,7 +79,7 @@ class Session:
         if value.shape != (self.batch_size, dim):
             expected = f"({dim},) or ({self.batch_size}, {dim})" if self.batch_size == 1 else f"({self.batch_size}, {dim})"
             raise ValueError(f"{name} has shape {value.shape}, expected {expected}")
-        np.copyto(self._inputs[name], value, casting="same_kind")
+        self._inputs[name][:] = value  # a float array (checked above): the same cast as copyto's same_kind
         return False
 
     def state(self) -> dict[str, np.ndarray]:
