@@ -147,7 +147,7 @@ def run_lockstep(
 def _interrupted_before_the_session(stop: StopRequest, errors: ErrorTally, spec) -> LockstepResult:
     return LockstepResult(
         stop_reason="interrupted",
-        detail=f"{stop.reason} before the session started",
+        detail=f"stopped by {stop.reason} before the session started",
         ticks=0,
         episodes=(),
         errors=dict(errors.counts),
@@ -221,7 +221,7 @@ class LockstepDriver:
                 if was_latched and not self.control.estop:
                     self._reset_all = True
         link.send(self.frames.enc.control(MsgType.BYE))
-        return "interrupted", f"{stop.reason} after {self.ticks} ticks"
+        return "interrupted", f"stopped by {stop.reason} after {self.ticks} ticks"
 
     def _tick(self, msg, bits: int, t_obs: int, t_prev: int) -> int:
         core = self.core

@@ -168,7 +168,9 @@ class SafetyChain:
         faulted=False promises that `faults` is all zero (the drivers know it without a reduction).
 
         A non-finite row of an inactive slot is replaced by the safe action and flagged FALLBACK
-        too, without being counted: a batched frame with one NaN would be rejected whole.
+        too, without being counted: a batched frame with one NaN would be rejected whole. An
+        inactive slot with ESTOP in `faults` gets the safe action flagged FALLBACK|ESTOP, uncounted
+        (lockstep answers terminal and idle rows too).
         The fault-free path is a handful of in-place ufuncs (minimum/maximum rather than np.clip:
         the same result, NaN included, at a third of the cost) and allocates nothing."""
         out, flags = self.out, self.flags
@@ -230,6 +232,11 @@ class SafetyChain:
                 self.out[slot] = self.fallback_action(slot)
                 self.flags[slot] = ACT_FALLBACK
         self.fallback_ticks += int(bad.sum())
+        stopped_idle = ~active & ((faults & ESTOP) != 0)
+        if stopped_idle.any():  # a row the robot ignores still says the e-stop holds (not counted)
+            self.out[stopped_idle] = self.safe[stopped_idle]
+            self.flags[stopped_idle] = ACT_FALLBACK | ACT_ESTOP
+            self._flagged = True
         now = np.where(active, faults, self._active).astype(np.uint8)
         for bit, name in REASONS.items():
             has = (now & bit) != 0

@@ -344,3 +344,25 @@ def test_policyrt_run_with_the_shipped_bundle_balances_one_episode(tmp_path):
     server.communicate(timeout=PATIENCE_S)
     report = json.loads(results.read_text())
     assert [e["episode_return"] for e in report["episodes"]] == [1000.0]
+
+
+def test_a_terminal_obs_under_estop_is_answered_safe_and_flagged_but_not_counted(pool):
+    ep = endpoint_for("ipc")
+    robot = ScriptedRobot(ep, pendulum_spec(low=0.5, high=3.0))  # the safe action: 0.5
+    future = start_loop(pool, pendulum(gain=[[1.0, 0, 0, 0]]), ep)
+    try:
+        robot.accept()
+        robot.obs([2.0, 0, 0, 0], flags=ObsFlag.RESET)
+        assert robot.recv().values.tolist() == [2.0]
+        robot.send(robot.enc.control(MsgType.ESTOP))
+        robot.obs([2.0, 0, 0, 0], reward=1.0, step=1)
+        stopped = robot.recv()
+        robot.obs([2.0, 0, 0, 0], reward=1.0, flags=ObsFlag.TERMINATED, step=2)
+        terminal = robot.recv()
+        robot.send(robot.enc.control(MsgType.BYE))
+        result = future.result(PATIENCE_S)
+    finally:
+        robot.close()
+    for act in (stopped, terminal):
+        assert act.flags == ActFlag.FALLBACK | ActFlag.ESTOP and act.values.tolist() == [0.5]
+    assert result.fallbacks == 1 and result.env_steps == 2 and result.ticks == 3
