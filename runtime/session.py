@@ -26,6 +26,7 @@ class Session:
         self.batch_size = backend.batch_size
         self._inputs = backend.inputs
         self.steps = 0
+        self._resetting = bool(self._inputs[RESET].any())  # backends start with every slot resetting
 
     @property
     def backend_name(self) -> str:
@@ -39,9 +40,7 @@ class Session:
         if mask.shape != (self.batch_size,):
             raise ValueError(f"reset mask must have shape ({self.batch_size},), got {mask.shape}")
         self._inputs[RESET] |= mask
-        # The graph ignores a resetting row's prev_action by multiplying it with zero, which cannot
-        # clear a NaN a broken step left there (the default prev_action is the last output).
-        self._inputs[PREV_ACTION][mask] = 0.0
+        self._resetting = True
         self.backend.reset_state(mask)
 
     def set_target_return(self, value, mask=None) -> None:
@@ -55,12 +54,20 @@ class Session:
     def step(self, obs, reward=0.0, prev_action=None, out: np.ndarray | None = None) -> np.ndarray:
         single = self._write(OBS, obs, self.manifest.obs_dim)
         self._inputs[REWARD][:] = reward
-        if prev_action is not None:
+        if prev_action is None:
+            prev = self._inputs[PREV_ACTION]
+            np.copyto(prev, self.backend.action)  # the action of the last step
+            if self._resetting:
+                # The graph ignores a resetting row's prev_action by multiplying it with zero, which
+                # cannot clear a NaN that a broken step left in its last action.
+                prev[self._inputs[RESET]] = 0.0
+        else:
             self._write(PREV_ACTION, prev_action, self.manifest.act_dim)
         self.backend.run()
-        self._inputs[RESET][:] = False
+        if self._resetting:
+            self._inputs[RESET][:] = False
+            self._resetting = False
         action = self.backend.action
-        np.copyto(self._inputs[PREV_ACTION], action)  # the default for the next step
         self.steps += 1
         result = action[0] if single else action
         if out is None:
