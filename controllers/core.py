@@ -30,7 +30,7 @@ from typing import Protocol
 import numpy as np
 
 from policyrt.controllers.safety import DEADLINE, SafetyChain
-from policyrt.protocol import Spec
+from policyrt.spec import Spec
 from policyrt.timing import now_ns
 
 log = logging.getLogger(__name__)

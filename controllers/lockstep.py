@@ -35,8 +35,9 @@ from policyrt.controllers.core import ControlCore, SpecMismatchError, check_spec
 from policyrt.controllers.results import EpisodeSummary, LockstepResult
 from policyrt.controllers.safety import ESTOP, SafetyChain
 from policyrt.link import Link
-from policyrt.protocol import Encoder, ErrorTally, MsgType, ProtocolError, SlotFlag, Spec
+from policyrt.protocol import Encoder, ErrorTally, MsgType, ProtocolError, SlotFlag
 from policyrt.session_control import Control, SessionControl
+from policyrt.spec import Spec
 from policyrt.stopping import STOP, StopRequest
 from policyrt.timing import StageTimes, now_ns
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from policyrt.protocol import Spec
+from policyrt.spec import Spec
 from policyrt.timing import StageTimes, format_table
 
 

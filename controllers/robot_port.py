@@ -20,8 +20,9 @@ import logging
 import numpy as np
 
 from policyrt.controllers.core import SpecMismatchError, check_spec
-from policyrt.protocol import Encoder, ErrorTally, MsgType, ObsFlag, ProtocolError, Spec
+from policyrt.protocol import Encoder, ErrorTally, MsgType, ObsFlag, ProtocolError
 from policyrt.session_control import Control, SessionControl
+from policyrt.spec import Spec
 from policyrt.stream import open_session_link, open_stream_link
 
 log = logging.getLogger(__name__)

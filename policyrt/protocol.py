@@ -2,7 +2,8 @@
 
 docs/PROTOCOL.md is the normative, byte-by-byte specification; this module is its Python
 implementation. Every message is one ZeroMQ frame: a 40-byte little-endian header followed by a
-float32 payload (SPEC alone appends a UTF-8 JSON text after its floats).
+float32 payload (SPEC alone appends a UTF-8 JSON text after its floats; policyrt/spec.py owns that
+payload and the Spec it carries).
 
 Encoders trust their caller and write into buffers preallocated once per sender, because they sit
 on the hot path. Decoders trust nothing: every check failure raises one `ProtocolError` whose
@@ -14,15 +15,14 @@ Board-side module: standard library and numpy only, Python 3.10.
 from __future__ import annotations
 
 import enum
-import json
 import logging
-import math
 import struct
 import time
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
+
+from policyrt.spec import Spec, SpecError, decode_spec_payload, encode_spec_payload
 
 MAGIC = b"PLRT"
 # 2: one terminal-observation rule for every number of environments (docs/PROTOCOL.md, section 9):
@@ -90,7 +90,6 @@ ALLOWED_SLOT_FLAGS = {
     MsgType.OBS_BATCH: int(SlotFlag.RESET | SlotFlag.TERMINATED | SlotFlag.TRUNCATED | SlotFlag.IDLE),
     MsgType.ACT_BATCH: int(ActFlag.FALLBACK | ActFlag.ESTOP),
 }
-MAX_NUM_ENVS = 65535  # the SPEC's limit; in practice a batched frame must also fit MAX_FRAME_BYTES
 
 
 def batch_frame_bytes(mtype: MsgType, num_envs: int, dim: int) -> int:
@@ -135,29 +134,6 @@ class ProtocolError(Exception):
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
         self.detail = detail
-
-
-@dataclass(frozen=True, eq=False)  # eq=False: numpy fields make == ambiguous
-class Spec:
-    """What a robot announces about itself in SPEC."""
-
-    obs_dim: int
-    act_dim: int
-    control_rate_hz: float | None = None  # None: the robot has no fixed rate (lockstep sim)
-    action_low: np.ndarray | None = None  # float32 [act_dim]; None: -inf
-    action_high: np.ndarray | None = None  # float32 [act_dim]; None: +inf
-    robot: str = ""  # free-form identity, e.g. the Gymnasium env id
-    obs_names: tuple[str, ...] = ()
-    act_names: tuple[str, ...] = ()
-    extra: dict = field(default_factory=dict)  # unknown JSON keys, kept for the curious
-    # Environments behind this endpoint. 1 is a classic session (OBS/ACT, and the SPEC's JSON
-    # carries no num_envs key, byte-identical to before); > 1 means OBS_BATCH/ACT_BATCH.
-    num_envs: int = 1
-
-    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        low = self.action_low if self.action_low is not None else np.full(self.act_dim, -np.inf)
-        high = self.action_high if self.action_high is not None else np.full(self.act_dim, np.inf)
-        return np.asarray(low, np.float32), np.asarray(high, np.float32)
 
 
 class Message(NamedTuple):
@@ -248,7 +224,10 @@ def decode(
     if mtype is MsgType.OBS_BATCH or mtype is MsgType.ACT_BATCH:
         return _decode_batch(frame, mtype, seq, ack, ts, episode, step, plen, obs_dim, act_dim, num_envs)
     if mtype is MsgType.SPEC:
-        spec, values = _decode_spec(frame, plen)
+        try:
+            spec, values = decode_spec_payload(frame, HEADER_SIZE, plen)
+        except SpecError as exc:
+            raise ProtocolError("spec", str(exc)) from None
         return Message(mtype, flags, seq, ack, ts, episode, step, values, spec)
     if plen:  # HELLO, ESTOP, CLEAR, HEARTBEAT, BYE
         raise ProtocolError("length", f"{mtype.name} must have an empty payload, has {plen} bytes")
@@ -290,67 +269,6 @@ def _decode_batch(frame, mtype, seq, ack, ts, episode, step, plen, obs_dim, act_
     if not np.isfinite(values).all():
         raise ProtocolError("nonfinite", f"{mtype.name} seq {seq} carries NaN or infinity")
     return Message(mtype, 0, seq, ack, ts, episode, step, values, None, slots)
-
-
-def _decode_spec(frame, plen: int) -> tuple[Spec, np.ndarray]:
-    if plen < 12:
-        raise ProtocolError("spec", f"SPEC payload of {plen} bytes cannot hold obs_dim, act_dim, rate")
-    head = np.frombuffer(frame, _F32, 3, HEADER_SIZE)
-    obs_f, act_f, rate = (float(v) for v in head)
-    for name, v in (("obs_dim", obs_f), ("act_dim", act_f)):
-        if not (math.isfinite(v) and v == int(v) and 1 <= v <= 65535):
-            raise ProtocolError("spec", f"{name}={v} is not an integer in 1..65535")
-    if not (math.isfinite(rate) and rate >= 0):
-        raise ProtocolError("spec", f"control_rate_hz={rate} must be finite and >= 0")
-    obs_dim, act_dim = int(obs_f), int(act_f)
-    count = 3 + 2 * act_dim
-    if plen < 4 * count:
-        raise ProtocolError(
-            "spec", f"SPEC for act_dim={act_dim} needs {4 * count} bytes of floats, has {plen}"
-        )
-    values = np.frombuffer(frame, _F32, count, HEADER_SIZE)
-    low, high = values[3 : 3 + act_dim].copy(), values[3 + act_dim :].copy()
-    if np.isnan(low).any() or np.isnan(high).any() or (low > high).any():
-        raise ProtocolError("spec", f"action bounds are NaN or low > high: low={low}, high={high}")
-    text = bytes(frame[HEADER_SIZE + 4 * count : HEADER_SIZE + plen])
-    info = _decode_spec_text(text, obs_dim, act_dim)
-    num_envs = info.pop("num_envs", 1)
-    spec = Spec(
-        num_envs=num_envs,
-        obs_dim=obs_dim,
-        act_dim=act_dim,
-        control_rate_hz=rate or None,
-        action_low=low,
-        action_high=high,
-        robot=info.pop("robot", ""),
-        obs_names=tuple(info.pop("obs_names", ())),
-        act_names=tuple(info.pop("act_names", ())),
-        extra=info,
-    )
-    return spec, values
-
-
-def _decode_spec_text(text: bytes, obs_dim: int, act_dim: int) -> dict:
-    if not text:
-        return {}
-    try:
-        info = json.loads(text.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError("spec", f"SPEC text is not UTF-8 JSON: {exc}") from None
-    if not isinstance(info, dict):
-        raise ProtocolError("spec", f"SPEC text must be a JSON object, got {type(info).__name__}")
-    if not isinstance(info.get("robot", ""), str):
-        raise ProtocolError("spec", "SPEC 'robot' must be a string")
-    for key, dim in (("obs_names", obs_dim), ("act_names", act_dim)):
-        names = info.get(key, [])
-        if not (isinstance(names, list) and all(isinstance(s, str) for s in names)):
-            raise ProtocolError("spec", f"SPEC '{key}' must be a list of strings")
-        if names and len(names) != dim:
-            raise ProtocolError("spec", f"SPEC has {len(names)} {key} for dimension {dim}")
-    num_envs = info.get("num_envs", 1)
-    if isinstance(num_envs, bool) or not isinstance(num_envs, int) or not 1 <= num_envs <= MAX_NUM_ENVS:
-        raise ProtocolError("spec", f"SPEC 'num_envs' must be an integer in 1..{MAX_NUM_ENVS}, got {num_envs!r}")
-    return info
 
 
 class Encoder:
@@ -450,37 +368,11 @@ class Encoder:
 
     def spec(self, spec: Spec, *, ack: int = 0) -> bytes:
         """SPEC is sent once per session, so it is built fresh rather than preallocated."""
-        low, high = spec.bounds()
-        floats = np.concatenate(
-            [np.array([spec.obs_dim, spec.act_dim, spec.control_rate_hz or 0.0], _F32), low, high]
-        ).astype(_F32)
-        info = dict(spec.extra)
-        info.update(robot=spec.robot, obs_names=list(spec.obs_names), act_names=list(spec.act_names))
-        if spec.num_envs != 1:  # absent for one environment: a classic SPEC stays byte-identical
-            info["num_envs"] = int(spec.num_envs)
-        text = json.dumps(info, separators=(",", ":")).encode("utf-8")
-        payload = floats.tobytes() + text
+        payload = encode_spec_payload(spec)
         buf = bytearray(HEADER_SIZE + len(payload))
         self._header(buf, MsgType.SPEC, 0, ack, 0, 0, len(payload))
         buf[HEADER_SIZE:] = payload
         return bytes(buf)
-
-
-def stream_endpoint(endpoint: str) -> str:
-    """Endpoint of the second, latest-value socket pair reserved for the real-time mode.
-
-    Derived from the session endpoint so both sides agree without configuration:
-    tcp://HOST:PORT -> tcp://HOST:PORT+1, ipc://PATH -> ipc://PATH.stream. Lockstep does not
-    use it (see docs/PROTOCOL.md, "Sockets").
-    """
-    if endpoint.startswith("tcp://"):
-        host, sep, port = endpoint[len("tcp://") :].rpartition(":")
-        if not sep or not port.isdigit() or not 0 < int(port) < 65535:
-            raise ValueError(f"tcp endpoint needs an explicit port below 65535: {endpoint!r}")
-        return f"tcp://{host}:{int(port) + 1}"
-    if endpoint.startswith(("ipc://", "inproc://")):
-        return endpoint + ".stream"
-    raise ValueError(f"unsupported endpoint {endpoint!r}: use tcp://HOST:PORT or ipc://PATH")
 
 
 class ErrorTally:

@@ -17,7 +17,23 @@ from __future__ import annotations
 import zmq
 
 from policyrt.link import Link
-from policyrt.protocol import stream_endpoint
+
+
+def stream_endpoint(endpoint: str) -> str:
+    """Endpoint of the second, latest-value socket pair reserved for the real-time mode.
+
+    Derived from the session endpoint so both sides agree without configuration:
+    tcp://HOST:PORT -> tcp://HOST:PORT+1, ipc://PATH -> ipc://PATH.stream. Lockstep does not
+    use it (see docs/PROTOCOL.md, "Sockets").
+    """
+    if endpoint.startswith("tcp://"):
+        host, sep, port = endpoint[len("tcp://") :].rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65535:
+            raise ValueError(f"tcp endpoint needs an explicit port below 65535: {endpoint!r}")
+        return f"tcp://{host}:{int(port) + 1}"
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return endpoint + ".stream"
+    raise ValueError(f"unsupported endpoint {endpoint!r}: use tcp://HOST:PORT or ipc://PATH")
 
 
 class _SocketOptions:

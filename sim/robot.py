@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from policyrt.protocol import MAX_FRAME_BYTES, MAX_NUM_ENVS, MsgType, SlotFlag, Spec, batch_frame_bytes
+from policyrt.protocol import MAX_FRAME_BYTES, MsgType, SlotFlag, batch_frame_bytes
+from policyrt.spec import MAX_NUM_ENVS, Spec
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ import numpy as np
 from stand_in_session import LinearSession, StandInManifest
 from wire_helpers import PATIENCE_S
 
-from policyrt.protocol import Encoder, Message, MsgType, Spec
+from policyrt.protocol import Encoder, Message, MsgType
+from policyrt.spec import Spec
 from policyrt.stream import open_session_link, open_stream_link
 
 

@@ -24,10 +24,10 @@ from policyrt.protocol import (
     MsgType,
     ObsFlag,
     ProtocolError,
-    Spec,
     decode,
-    stream_endpoint,
 )
+from policyrt.spec import Spec
+from policyrt.stream import stream_endpoint
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md"
 

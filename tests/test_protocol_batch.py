@@ -22,10 +22,10 @@ from policyrt.protocol import (
     MsgType,
     ProtocolError,
     SlotFlag,
-    Spec,
     batch_frame_bytes,
     decode,
 )
+from policyrt.spec import Spec
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md"
 

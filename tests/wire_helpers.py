@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from policyrt.link import Link
-from policyrt.protocol import Encoder, Message, MsgType, Spec
+from policyrt.protocol import Encoder, Message, MsgType
+from policyrt.spec import Spec
 
 TESTS = Path(__file__).resolve().parent
 PENDULUM = "InvertedPendulum-v5"
