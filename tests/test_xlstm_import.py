@@ -155,6 +155,13 @@ CASES = {
 }
 
 
+# Seeds of the cases the tests export: the export's parity check holds ONNX Runtime to 1e-5 of the exact
+# (float64) step, so a test about something else needs a case whose fp32 error stays far below that.
+# Random stacks can sit at the limit: the CUDA-layout case of seed 9 has a quiet mLSTM head at parity
+# step 224 (its per-head output LayerNorm sees variance 2.7e-6 under eps 1e-5: gain ~280), so any fp32
+# implementation lands ~1e-5 from the exact step there and the verdict follows the CPU's kernels. Seeds 0
+# (the fixture), 5 and 7 stay <= 2.1e-6 there (x86, torch dispatching AVX-512 or AVX2, which also moves the
+# package's sLSTM bias init by an ulp and so builds a slightly different case).
 def make_case(tmp_path, name, seed=0):
     case = CASES[name]
     config = stack_config(case["kind"])
@@ -282,7 +289,7 @@ def test_package_reference_for_compare_is_the_source_model(tmp_path):
     from policyrt.policies.xlstm_reference import package_reference
 
     name = "slstm+mlstm+slstm, CUDA layout, inputs reordered/subset, linear head"
-    source, reference = make_case(tmp_path, name, seed=4)
+    source, reference = make_case(tmp_path, name, seed=5)  # a well-conditioned case: see make_case
     policy, doc = import_xlstm_stack(source, dict(NO_OPTIONS))
     bundle = export_policy(policy, doc, source, tmp_path / "stack.policy", progress=lambda *_: None)
     rebuilt = package_reference(source, open_bundle(bundle).manifest)
@@ -480,7 +487,8 @@ def test_import_records_ignored_fields_and_assumptions(tmp_path):
 def test_cli_export_and_compare_from_xlstm_stack(tmp_path, capsys):
     from policyrt.cli import main
 
-    source, _ = make_case(tmp_path, "slstm+mlstm+slstm, CUDA layout, inputs reordered/subset, linear head", seed=9)
+    name = "slstm+mlstm+slstm, CUDA layout, inputs reordered/subset, linear head"
+    source, _ = make_case(tmp_path, name, seed=7)  # a well-conditioned case: see make_case
     out = tmp_path / "cli.policy"
     assert main(["export", "--from", "xlstm-stack", str(source), "--out", str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
