@@ -4,8 +4,10 @@ Signals: main() installs policyrt.stopping.STOP before anything else is imported
 SIGTERM are handled whatever the process inherited (SIG_IGN from a background start included) and
 a signal during start-up is a stop request, not a traceback. The long-running commands
 (STOP_DRIVEN) keep it: their drivers stop within one tick or receive, say BYE, print the summary
-and exit 0 (training keeps the weights reached so far). The others are one-shot work that Ctrl-C simply aborts: for them SIGINT is handed back
-to KeyboardInterrupt (exit 130) and SIGTERM to its default, once the command line is parsed.
+and exit 0 (training keeps the weights reached so far; eval and demo stop their two child
+processes, collect keeps the episodes played). The others are one-shot work that Ctrl-C simply
+aborts: for them SIGINT is handed back to KeyboardInterrupt (exit 130) and SIGTERM to its default,
+once the command line is parsed.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import sys
 from policyrt.stopping import STOP
 
 # (command, subcommand) of the commands whose loops watch STOP.
-STOP_DRIVEN = frozenset({("run", None), ("serve", None), ("sim", "serve"), ("train", None)})
+STOP_DRIVEN = frozenset({("run", None), ("serve", None), ("sim", "serve"), ("train", None),
+                         ("eval", None), ("demo", None), ("sim", "collect")})
 
 DESCRIPTION = """\
 policyrt deploys sequence-model robot policies (xLSTM, Decision Transformer): train or import a

@@ -1,4 +1,9 @@
-"""Roll a scripted expert in a Gymnasium MuJoCo environment and save the episodes as a Dataset."""
+"""Roll a scripted expert in a Gymnasium MuJoCo environment and save the episodes as a Dataset.
+
+A stop request (SIGINT, SIGTERM: policyrt/stopping.py) is seen between two episodes (one takes
+well under a second): the episodes played so far are the dataset, saved as a complete one whose
+metadata says it was interrupted.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from policyrt.episodes import Dataset, Episode
+from policyrt.stopping import STOP, StopRequest
 
 from .experts import make_expert
 
@@ -62,7 +68,10 @@ def run_episode(env, expert, rng: np.random.Generator, noise: float, seed: int |
     )
 
 
-def collect(cfg: CollectConfig, out: Path | None = None, progress: bool = True, command: str | None = None) -> Dataset:
+def collect(cfg: CollectConfig, out: Path | None = None, progress: bool = True, command: str | None = None,
+            stop: StopRequest = STOP) -> Dataset | None:
+    """The dataset (saved to `out` when given); after a stop request the episodes played until
+    then, or None, with nothing written, if it came before the first one ended."""
     import gymnasium as gym
     from tqdm import tqdm
 
@@ -73,12 +82,17 @@ def collect(cfg: CollectConfig, out: Path | None = None, progress: bool = True, 
     low, high = env.action_space.low, env.action_space.high  # read before close()
     bar = tqdm(range(cfg.episodes), desc=f"collect {cfg.env_id}", unit="ep", disable=not progress)
     for i in bar:
+        if stop.requested:
+            break
         noise = cfg.action_noise[i % len(cfg.action_noise)]
         mix = cfg.random_mix[i % len(cfg.random_mix)]
         gain = cfg.expert_gain[i % len(cfg.expert_gain)]
         episodes.append(run_episode(env, expert, rng, noise, seed=cfg.seed * 100_003 + i, mix=mix, gain=gain))
         bar.set_postfix(ret=f"{episodes[-1].total_return:.0f}")
+    bar.close()
     env.close()
+    if not episodes and stop.requested:
+        return None
     meta = {
         "env_id": cfg.env_id,
         "expert": cfg.expert,
@@ -93,6 +107,8 @@ def collect(cfg: CollectConfig, out: Path | None = None, progress: bool = True, 
         "control_dt": float(env.unwrapped.dt),
         "returns": {"min": float(min(e.total_return for e in episodes)), "max": float(max(e.total_return for e in episodes))},
     }
+    if len(episodes) < cfg.episodes:  # stopped: a partial dataset says so
+        meta["interrupted"] = {"by": stop.reason, "episodes_requested": cfg.episodes}
     dataset = Dataset(episodes=episodes, meta=meta)
     if out is not None:
         dataset.save(out, cfg.format)

@@ -9,6 +9,10 @@ episode, rolls the scripted expert on the same seeds and assembles the report's 
 Seeding: the server runs `--seeding episode`, so episode k resets with `episode_seed(seed, k)` for
 any P and either candidate: two evaluations with the same seed play the same N episodes, and the
 expert replays exactly those.
+
+Stopping: every phase watches a StopRequest (default: the process's STOP). A stop ends the closed
+loop's two processes (sim/processes.py) or the expert's episodes and raises
+`processes.Interrupted`; nothing is reported.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from policyrt.stopping import STOP, StopRequest
+
+from .processes import Interrupted, closed_loop
 from .robot import episode_seed
 
 Progress = Callable[[str, int, int], None]  # (label, episodes done, episodes asked)
@@ -124,11 +131,10 @@ def check_bundle(cand: Candidate, env_id: str, dims: tuple[int, int]) -> None:
 # --- one closed-loop run ----------------------------------------------------------------------
 
 
-def run_candidate(cfg: EvalConfig, cand: Candidate, progress: Progress | None = None) -> dict:
+def run_candidate(cfg: EvalConfig, cand: Candidate, progress: Progress | None = None,
+                  stop: StopRequest = STOP) -> dict:
     """Evaluate one candidate in a server + controller process pair; returns its report entry
     (with `_stage_ns`, the raw stage durations for plots, which the JSON report leaves out)."""
-    from .processes import closed_loop
-
     events: list[dict] = []  # the server's episode events, as the episodes ended
 
     def on_episode(event: dict) -> None:
@@ -144,7 +150,7 @@ def run_candidate(cfg: EvalConfig, cand: Candidate, progress: Progress | None = 
             cand.bundle, cfg.env_id, cfg.episodes, seed=cfg.seed, backend=cand.backend, timeout_s=cfg.timeout_s,
             num_envs=cfg.parallel, seeding="episode", env_args=cfg.env_args(), stage_times_dir=Path(tmp),
             on_episode=on_episode, target_return=cand.target_return, threads=cfg.controller_threads,
-            env_threads=cfg.env_threads,
+            env_threads=cfg.env_threads, stop=stop,
         )
         wall_s = time.monotonic() - started
         stage_ns = {"controller": _load_stage_times(Path(tmp) / "controller_times.npz"),
@@ -231,8 +237,9 @@ def _stats(values: np.ndarray) -> dict[str, float]:
 # --- references and comparisons ---------------------------------------------------------------
 
 
-def expert_reference(cfg: EvalConfig) -> dict:
-    """The scripted expert (sim/experts.py) on the evaluation's seeds, in this process."""
+def expert_reference(cfg: EvalConfig, stop: StopRequest = STOP) -> dict:
+    """The scripted expert (sim/experts.py) on the evaluation's seeds, in this process (a stop
+    request is seen between two episodes: an episode takes well under a second)."""
     import gymnasium
 
     from .collect import run_episode
@@ -247,7 +254,10 @@ def expert_reference(cfg: EvalConfig) -> dict:
     try:
         expert = make_expert(name, env)
         rng = np.random.default_rng(0)  # unused at noise 0, which run_episode still asks for
-        played = [run_episode(env, expert, rng, 0.0, seed) for seed in cfg.seeds()]
+        played = []
+        for seed in cfg.seeds():
+            _check(stop)
+            played.append(run_episode(env, expert, rng, 0.0, seed))
     finally:
         env.close()
     returns = np.array([ep.total_return for ep in played])
@@ -269,12 +279,14 @@ def compare_runs(a: dict, b: dict) -> dict:
 
 
 def evaluate(cfg: EvalConfig, candidate: Candidate, compare: Candidate | None = None,
-             progress: Progress | None = None) -> dict:
-    """The whole evaluation: inputs checked, candidate(s) run, expert rolled; the report as a dict."""
+             progress: Progress | None = None, stop: StopRequest = STOP) -> dict:
+    """The whole evaluation: inputs checked, candidate(s) run, expert rolled; the report as a dict.
+    Raises Interrupted on a stop request (see the module docstring)."""
     candidates = [candidate] + ([compare] if compare is not None else [])
     obs_dim, act_dim = check_inputs(cfg, candidates)
-    runs = [run_candidate(cfg, cand, progress) for cand in candidates]
-    expert = expert_reference(cfg)
+    _check(stop)
+    runs = [run_candidate(cfg, cand, progress, stop) for cand in candidates]
+    expert = expert_reference(cfg, stop)
     report = {
         "env": cfg.env_id,
         "obs_dim": obs_dim,
@@ -293,3 +305,8 @@ def evaluate(cfg: EvalConfig, candidate: Candidate, compare: Candidate | None = 
         for run in runs:
             run["return_vs_expert"] = run["return"]["mean"] / expert["return"]["mean"]
     return report
+
+
+def _check(stop: StopRequest) -> None:
+    if stop.requested:
+        raise Interrupted(stop.reason)

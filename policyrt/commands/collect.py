@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -16,7 +17,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "noise (states off the expert's path), --expert-gain scales the expert's action (a weaker, "
         "deterministic controller: the low-return behaviour a return-conditioned policy learns to "
         "reproduce), --random-mix blends in a uniformly random action. Prints a summary of the returns "
-        "at the end.",
+        "at the end. SIGINT or SIGTERM ends it after the episode being played and keeps the episodes "
+        "played until then (exit 0).",
         epilog="examples:\n  policyrt sim collect --env InvertedPendulum-v5 --expert lqr --episodes 40 "
         "--action-noise 0.5 --out data/pendulum\n"
         "  policyrt sim collect --env InvertedDoublePendulum-v5 --episodes 80 --action-noise 0,0.1,0,0 "
@@ -62,10 +64,18 @@ def _mix_levels(text: str) -> tuple[float, ...]:
 
 def handle(args) -> int:
     from policyrt.sim.collect import CollectConfig, collect, summary
+    from policyrt.stopping import STOP
 
     cfg = CollectConfig(env_id=args.env, expert=args.expert, episodes=args.episodes,
                         action_noise=args.action_noise, random_mix=args.random_mix,
                         expert_gain=args.expert_gain, seed=args.seed, format=args.format)
-    dataset = collect(cfg, out=args.out, command=args.command_line)
+    dataset = collect(cfg, out=args.out, command=args.command_line, stop=STOP)
+    if dataset is None:
+        print(f"policyrt sim collect: interrupted by {STOP.reason} before the first episode ended; nothing was written",
+              file=sys.stderr)
+        return 0
+    if len(dataset.episodes) < cfg.episodes:
+        print(f"policyrt sim collect: interrupted by {STOP.reason} after {len(dataset.episodes)} of {cfg.episodes} "
+              "episodes; those are kept", file=sys.stderr)
     print(f"{args.out}: {summary(dataset)}")
     return 0

@@ -26,7 +26,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "Runtime on CPU, ipc transport), play episodes, and print each episode's return beside the scripted "
         "expert's on the same seeds and the latency of every stage; the evaluation report (report.md, "
         "report.json, return and latency plots) goes to --report. Default: the xLSTM and the DT bundle on "
-        "the double pendulum. --video renders one more episode offscreen (MUJOCO_GL=egl).",
+        "the double pendulum. --video renders one more episode offscreen (MUJOCO_GL=egl). SIGINT or SIGTERM "
+        "stops the processes of the bundle being run (each says BYE) and ends the demo with exit 0.",
         epilog="examples:\n  policyrt demo\n  policyrt demo --episodes 10 --video demo.mp4\n"
         "  policyrt demo --bundle bundles/reacher-dt.policy --report reports/reacher",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -92,8 +93,19 @@ def _video(bundle: str, env_id: str, args) -> None:
 
 
 def handle(args) -> int:
+    from policyrt.sim.processes import Interrupted
+    from policyrt.stopping import STOP
+
     if args.video and Path(args.video).suffix.lower() not in (".mp4", ".gif"):
         print(f"policyrt demo: --video {args.video}: the file name must end in .mp4 or .gif", file=sys.stderr)
         return 2
-    results = [run_one(bundle, args) for bundle in (args.bundle or default_bundles())]
+    results = []
+    try:
+        for bundle in args.bundle or default_bundles():
+            results.append(run_one(bundle, args))
+            if STOP.requested:  # it came during the --video render, which runs to its end
+                raise Interrupted(STOP.reason)
+    except Interrupted as stopped:  # the closed loop's processes were stopped and reaped
+        print(f"policyrt demo: {stopped}; no process left running", file=sys.stderr)
+        return 0
     return 0 if all(results) else 1

@@ -14,7 +14,8 @@ derived from (--seed, k), so runs with the same seed play the same episodes what
 scripted expert replays them for reference. Prints the returns and the throughput; --report DIR
 writes report.json, report.md and PNG plots (return per episode with the expert's, latency
 histograms). --compare evaluates a second bundle, or the same bundle on --compare-backend or with
---compare-target-return, on the same seeds and reports the return difference."""
+--compare-target-return, on the same seeds and reports the return difference. SIGINT or SIGTERM
+stops both processes (each says BYE) and ends the evaluation with exit 0 and no report."""
 
 EXAMPLES = """\
 examples:
@@ -62,6 +63,7 @@ class _Progress:
         self.tty = self.stream.isatty()
         self._last = (None, -1)
         self._started = time.monotonic()
+        self._line_open = False  # a terminal line written without its newline yet
 
     def __call__(self, label: str, done: int, total: int) -> None:
         tenth = done * 10 // total
@@ -70,17 +72,25 @@ class _Progress:
         elapsed = time.monotonic() - self._started
         text = f"eval {label}: {done}/{total} episodes, {elapsed:.0f} s"
         if self.tty:
-            self.stream.write("\r" + text + ("\n" if done == total else ""))
+            self._line_open = done != total
+            self.stream.write("\r" + text + ("" if self._line_open else "\n"))
         elif (label, tenth) != self._last:
             self.stream.write(text + "\n")
         self.stream.flush()
         self._last = (label, tenth)
+
+    def end_line(self) -> None:
+        """Before another message: end a progress line left open on a terminal."""
+        if self._line_open:
+            self.stream.write("\n")
+            self._line_open = False
 
 
 def handle(args) -> int:
     from policyrt.commands._session_args import session_from_args
     from policyrt.sim.eval_report import summary_lines, write_report
     from policyrt.sim.evaluate import Candidate, EvalConfig, EvalError, evaluate
+    from policyrt.sim.processes import Interrupted
 
     parallel = min(args.parallel, args.episodes) if args.episodes >= 1 else args.parallel
     if parallel != args.parallel:
@@ -94,8 +104,13 @@ def handle(args) -> int:
     if args.compare or args.compare_backend or args.compare_target_return is not None:
         target = session.target_return if args.compare_target_return is None else args.compare_target_return
         compare = Candidate(args.compare or args.bundle, args.compare_backend or session.backend, target)
+    progress = _Progress()
     try:
-        report = evaluate(cfg, candidate, compare, progress=_Progress())
+        report = evaluate(cfg, candidate, compare, progress=progress)
+    except Interrupted as stopped:  # the closed loop's processes were stopped and reaped
+        progress.end_line()
+        print(f"policyrt eval: {stopped}; no report, no process left running", file=sys.stderr)
+        return 0
     except EvalError as err:
         print(f"policyrt eval: {err}", file=sys.stderr)
         return 2
