@@ -65,6 +65,31 @@ def still_running(children: dict[int, tuple[str, str]]) -> list[str]:
     return left
 
 
+def stop_mid_run(proc, signum: int, command: str) -> str:
+    """Signal `proc` (a policyrt command running a closed loop, both of its children started) and
+    check the stop: exit 0 within the limit, one "interrupted" line, no traceback, no child left."""
+    children = children_of(proc.pid)
+    assert sorted("sim serve" in c for _, c in children.values()) == [False, True], children
+    assert any(" run " in c for _, c in children.values()), children
+    sent = time.monotonic()
+    proc.send_signal(signum)
+    try:
+        out, err = proc.communicate(timeout=30)
+    except Exception:
+        proc.kill()
+        out, err = proc.communicate()
+    took = time.monotonic() - sent
+    context = f"exit {proc.returncode} after {took:.2f} s\n--- stdout ---\n{out}\n--- stderr ---\n{err}"
+    assert proc.returncode == 0, context
+    assert "Traceback" not in err and "Traceback" not in out, context
+    (stopped,) = [line for line in err.splitlines() if "interrupted" in line]
+    assert stopped.startswith(f"policyrt {command}: interrupted by {signal.Signals(signum).name}; "), context
+    assert stopped.endswith("no process left running"), context
+    assert took < EVAL_STOP_LIMIT_S, context
+    assert still_running(children) == [], context
+    return stopped
+
+
 @pytest.mark.slow
 @needs_bundle
 @pytest.mark.parametrize("sigint", ["SIG_DFL", "SIG_IGN"], ids=["sigint-default", "sigint-ignored"])
@@ -77,27 +102,21 @@ def test_a_signal_mid_run_stops_eval_and_both_of_its_processes(signum, sigint):
         if f"1/{EPISODES} episodes" in line:
             break
     assert proc.poll() is None, "".join(seen)
-    children = children_of(proc.pid)
-    assert sorted("sim serve" in c for _, c in children.values()) == [False, True], children
-    assert any(" run " in c for _, c in children.values()), children
+    stopped = stop_mid_run(proc, signum, "eval")
+    assert stopped.endswith("; no report, no process left running")
 
-    sent = time.monotonic()
-    proc.send_signal(signum)
-    try:
-        out, err = proc.communicate(timeout=30)
-    except Exception:
-        proc.kill()
-        out, err = proc.communicate()
-    took = time.monotonic() - sent
-    err = "".join(seen) + err
-    context = f"exit {proc.returncode} after {took:.2f} s\n--- stdout ---\n{out}\n--- stderr ---\n{err}"
-    assert proc.returncode == 0, context
-    assert "Traceback" not in err and "Traceback" not in out, context
-    name = signal.Signals(signum).name
-    (stopped,) = [line for line in err.splitlines() if "interrupted" in line]
-    assert stopped == f"policyrt eval: interrupted by {name}; no report, no process left running", context
-    assert took < EVAL_STOP_LIMIT_S, context
-    assert still_running(children) == [], context
+
+@pytest.mark.slow
+@needs_bundle
+def test_sigterm_mid_run_stops_demo_and_both_of_its_processes(tmp_path):
+    proc = start_policyrt("demo", "--bundle", str(BUNDLE), "--episodes", str(EPISODES), "--report", str(tmp_path))
+    deadline = time.monotonic() + 60
+    while len(children_of(proc.pid)) < 2:  # both processes of the closed loop started
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(2.0)  # into the session (a stop during the children's start-up is fine too)
+    stop_mid_run(proc, signal.SIGTERM, "demo")
+    assert not any(tmp_path.iterdir())  # no report
 
 
 @needs_bundle
