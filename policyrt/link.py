@@ -13,6 +13,7 @@ Board-side module: standard library, numpy and pyzmq only, Python 3.10.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 
@@ -20,6 +21,17 @@ import zmq
 
 from policyrt.protocol import MAX_FRAME_BYTES, ErrorTally, Message, ProtocolError, decode
 from policyrt.stopping import StopRequest
+
+# Busy-polling pays only on a core of its own. A poller that is preempted waits in the run queue
+# for the other tasks' time slices even once its frame is there: it never slept, so the frame's
+# arrival wakes nothing, while a blocked receiver would be woken and run at once. With both ends of
+# a lockstep loop spinning on a shared machine, every round trip then takes milliseconds.
+# So the spin yields the CPU between polls (free when nobody else wants it) and, once a gap between
+# two polls shows that another task had the CPU, gives up: the receives block for a while, then
+# spinning is tried again.
+_yield_cpu = getattr(os, "sched_yield", None) or (lambda: None)
+_LOST_CPU_NS = 100_000  # a poll takes microseconds, another task's time slice a millisecond or more
+_SHARED_CPU_BACKOFF_NS = 200_000_000
 
 
 class Link:
@@ -67,6 +79,7 @@ class Link:
         self.act_dim: int | None = None
         self.num_envs: int | None = None  # set from the SPEC; decode then checks batched slot counts
         self.stop = stop
+        self._spin_after = 0  # perf_counter_ns() before which receives do not spin (shared CPU)
         # Built once: zmq_poll on the socket and the stop request's wake-up descriptor.
         self._poll_items = None if stop is None else [(self.sock, zmq.POLLIN), (stop.fileno(), zmq.POLLIN)]
 
@@ -82,10 +95,12 @@ class Link:
         with a `stop`, at once when a stop is requested (before or during the wait).
 
         spin_ns > 0 first busy-polls that long without sleeping: a blocking wake-up costs tens of
-        microseconds, which is most of a loopback round trip when the answer comes quickly.
+        microseconds, which is most of a loopback round trip when the answer comes quickly. The
+        poll yields the CPU between tries, and a poll that finds it lost the CPU to another task
+        blocks instead, and so do the receives of the next 0.2 s (see _LOST_CPU_NS).
         """
         n = -1
-        if spin_ns > 0:
+        if spin_ns > 0 and time.perf_counter_ns() >= self._spin_after:
             n = self._spin(spin_ns)
         if n < 0:
             n = self._blocking_read(timeout_s)
@@ -113,13 +128,21 @@ class Link:
             yield msg
 
     def _spin(self, spin_ns: int) -> int:
-        end = time.perf_counter_ns() + spin_ns
+        clock = time.perf_counter_ns
+        t = clock()
+        end = t + spin_ns
         while True:
             try:
                 return self._read(zmq.NOBLOCK)
             except zmq.Again:
-                if time.perf_counter_ns() >= end:
-                    return -1
+                pass
+            _yield_cpu()
+            t_prev, t = t, clock()
+            if t - t_prev > _LOST_CPU_NS:  # the CPU is shared: block, like a receive without spin
+                self._spin_after = t + _SHARED_CPU_BACKOFF_NS
+                return -1
+            if t >= end:
+                return -1
 
     def _blocking_read(self, timeout_s: float | None) -> int:
         if self.stop is not None:
