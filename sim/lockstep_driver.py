@@ -256,7 +256,7 @@ class LockstepDriver:
             frame = self.enc.obs_batch(r.obs, r.rewards, r.flags, r.slot_episode, r.slot_step)
         else:
             frame = self.enc.obs(
-                r.obs[0], r.rewards[0], flags=int(r.flags[0]), episode=int(r.slot_episode[0]), step=int(r.slot_step[0])
+                r.obs[0], r.rewards.item(0), flags=r.flags.item(0), episode=r.slot_episode.item(0), step=r.slot_step.item(0)
             )
         self.pending = self.enc.last_seq
         self.t_sent = now_ns()
