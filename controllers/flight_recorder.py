@@ -9,6 +9,11 @@ nothing. A dump is requested
   (`miss_burst` misses within `miss_window` ticks). The dump waits `post_ticks` more ticks, so
   the file shows what happened after the fault as well as before; automatic dumps are at most one
   per half ring, so a policy that emits NaN on every other tick cannot fill the disk;
+- an e-stop latch always gets a dump of its own: it is the operator's (or the robot's) event,
+  not the policy's, and must never be lost. A dump still pending for another fault is written at
+  once (it shows that fault and what followed up to the e-stop); e-stop dumps have their own
+  once-per-half-ring limit, and a latch within it is dumped later instead of never (the ring
+  still holds it then); a latch while an e-stop dump is pending is in that dump;
 - by SIGUSR1: the handler only sets a flag (nothing else is safe in a signal handler); the next
   tick dumps;
 - at close (only when a request is still pending).
@@ -33,7 +38,7 @@ import numpy as np
 
 from policyrt.controllers.safety import ESTOP, NONFINITE, REASONS
 
-DUMP_ON_ONSET = ESTOP | NONFINITE  # fault runs whose start requests a dump
+_ESTOP_REASON = REASONS[ESTOP]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +69,7 @@ class FlightRecorder:
         self._pending: tuple[str, int] | None = None  # (reason, tick to dump at)
         self._signalled = False
         self._last_auto_dump = -(1 << 62)
+        self._last_estop_dump = -(1 << 62)  # the tick the latest e-stop dump was due at
         self._queue: queue.Queue = queue.Queue()
         self._writer: threading.Thread | None = None
         self._run = None  # the controller's RunInfo, from on_start
@@ -125,9 +131,11 @@ class FlightRecorder:
         self.active[i] = record.live
         self.stages[i] = record.stage_ns
         self.count += 1
-        if record.fault_onsets & DUMP_ON_ONSET:
-            onsets = record.fault_onsets
-            self._fault(REASONS[ESTOP if onsets & ESTOP else NONFINITE], tick)
+        onsets = record.fault_onsets
+        if onsets & ESTOP:
+            self._estop(tick)
+        elif onsets & NONFINITE:
+            self._fault(REASONS[NONFINITE], tick)
         if self._signalled:
             reason = self._signalled if isinstance(self._signalled, str) else "sigusr1"
             self._signalled = False
@@ -143,6 +151,20 @@ class FlightRecorder:
         self._last_auto_dump = tick
         self._pending = (reason, tick + self.post_ticks)
         log.warning("tick %d: %s: flight recorder dump in %d ticks", tick, reason, self.post_ticks)
+
+    def _estop(self, tick: int) -> None:
+        """Schedule the e-stop's own dump (see the module docstring: never dropped)."""
+        pending = self._pending
+        if pending is not None and pending[0] == _ESTOP_REASON:
+            return  # that dump is written after this tick, so it shows this latch too
+        if pending is not None:  # another fault's dump: written now, the e-stop gets its own
+            self._pending = None
+            self._dump(pending[0], tick)
+        # Deferred, not dropped, within the limit: the ring (a whole capacity) still holds `tick`.
+        due = max(tick + self.post_ticks, self._last_estop_dump + self.capacity // 2)
+        self._last_estop_dump = due
+        self._pending = (_ESTOP_REASON, due)
+        log.warning("tick %d: %s: flight recorder dump in %d ticks", tick, _ESTOP_REASON, due - tick)
 
     def _dump(self, reason: str, tick: int) -> None:
         """Copy the rings oldest-first (fast) and hand the copy to the writer thread."""

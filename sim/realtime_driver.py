@@ -248,6 +248,10 @@ class RealtimeDriver:
         self.fresh_act = False
         for msg in self.session.pending(_MAX_FRAMES_PER_TICK, self.errors):
             self._control(msg, now)
+        if self.stop_reason is not None:
+            # The controller said BYE: the run ends this tick. ACTs it sent before the BYE may
+            # still wait on the other link (two sockets keep no order between them): not errors.
+            return
         for msg in self.stream.pending(_MAX_FRAMES_PER_TICK, self.errors):
             if msg.type is not MsgType.ACT:
                 self.control.unexpected(f"{msg.type.name} on the action stream")

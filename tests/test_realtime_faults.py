@@ -211,3 +211,36 @@ def test_the_generator_never_produces_a_valid_frame():
     enc = Encoder(obs_dim=OBS_DIM, act_dim=ACT_DIM)
     valid = bytes(enc.obs(np.zeros(OBS_DIM, np.float32), 0.0))
     assert _stream_kind(valid) is None and struct.unpack_from("<4s", valid)[0] == MAGIC
+
+
+def test_every_estop_latch_gets_a_flight_recorder_dump_of_its_own(tmp_path):
+    """A deadline burst's dump still pending when the e-stop latches is written at once, and the
+    e-stop gets its own file; a second latch within the once-per-half-ring limit is dumped later,
+    never dropped (the operator's event must be in a file)."""
+    from policyrt.controllers.core import RunInfo, TickRecord
+    from policyrt.controllers.flight_recorder import FlightRecorder, load_dump
+    from policyrt.controllers.safety import ESTOP, SafetyChain
+
+    capacity, post = 64, 4
+    recorder = FlightRecorder(tmp_path, capacity=capacity, post_ticks=post, miss_burst=3, miss_window=10)
+    low, high = np.full((1, ACT_DIM), -1, np.float32), np.full((1, ACT_DIM), 1, np.float32)
+    chain = SafetyChain(low[0], high[0], batch=1)
+    record = TickRecord(chain, OBS_DIM, ("tick",))
+    run = RunInfo(
+        rate_hz=100.0, robots=("ipc://robot",), batch=1, obs_dim=OBS_DIM, act_dim=ACT_DIM, stages=("tick",),
+        action_low=low, action_high=high, counters=dict, fault_events=lambda: np.zeros(0),
+        robot_names=list,
+    )
+    recorder.on_start(run, record)
+    latches = {5: True, 20: True}  # the second latch comes well within half a ring of the first
+    for tick in range(80):
+        record.tick = tick
+        record.deadline_missed = tick in (1, 2, 3)  # a burst: its dump is due at tick 3 + post
+        record.fault_onsets = ESTOP if latches.get(tick) else 0
+        recorder.on_tick(record)
+    recorder.on_close()
+    dumps = sorted((meta["tick"], meta["reason"], arrays["tick"]) for meta, arrays in map(load_dump, recorder.dumps))
+    assert [(tick, reason) for tick, reason, _ in dumps] == [
+        (5, "deadline_burst"), (5 + post, "estop"), (5 + post + capacity // 2, "estop")
+    ]
+    assert 5 in dumps[1][2] and 20 in dumps[2][2]  # each e-stop file holds the latch it is for

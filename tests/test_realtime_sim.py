@@ -79,7 +79,7 @@ def test_killed_controller_makes_the_sim_go_safe_and_a_restarted_one_resumes(tmp
     assert result["stop_reason"] == "controller_left"  # the second controller's BYE
     assert result["controller_sessions"] == 2
     assert result["safe_events"] >= 1 and result["safe_steps"] >= 1
-    assert result["acts"] > 0 and result["errors"] == {}
+    assert result["acts"] > 0 and result["errors"] == {}, err
 
 
 @pytest.mark.slow
@@ -147,18 +147,19 @@ def test_operator_estop_and_clear_reach_the_controller_through_the_robot(tmp_pat
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_stopped_realtime_sim_says_bye_to_its_controller_and_exits_zero(tmp_path, sig):
-    import time
-
+    from policyrt.link import Link
     from policyrt.protocol import Encoder, MsgType
-    from policyrt.stream import open_session_link
 
     ep = endpoint_for("ipc")
     results = tmp_path / "sim.json"
     sim = realtime_sim(ep, results=results)
-    session = open_session_link(ep, bind=False)
+    # A plain connecting DEALER, as the lockstep controller uses: a ZMQ_IMMEDIATE one (the real-time
+    # controller's session link) discards a frame it has received but not yet handed out when the
+    # peer's connection closes, and the robot closes right after its BYE (reproduced on a loaded
+    # machine: the BYE left the robot and never reached the test). HELLO queues until connected.
+    session = Link(ep, bind=False, send_timeout_ms=0)
     try:
-        while not session.send(Encoder().control(MsgType.HELLO)):  # IMMEDIATE: wait for the connection
-            time.sleep(0.01)
+        assert session.send(Encoder().control(MsgType.HELLO))
         msg = session.recv(PATIENCE_S)
         assert msg is not None and msg.type is MsgType.SPEC
         sim.send_signal(sig)
