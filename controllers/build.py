@@ -13,7 +13,6 @@ Board-side module: standard library, numpy and pyzmq only, Python 3.10.
 from __future__ import annotations
 
 import os
-import threading
 
 from policyrt.controllers.settings import ControllerSettings, RealtimeConfig
 from policyrt.stopping import STOP, StopRequest
@@ -86,10 +85,12 @@ def make_episode_recorder(settings: ControllerSettings, command: str):
     return EpisodeRecorder(dataset, fmt=settings.recording.format, command=command)
 
 
-def build_controller(settings: ControllerSettings, *, command: str = ""):
+def build_controller(settings: ControllerSettings, *, command: str = "", stop: StopRequest = STOP):
     """The RealtimeController of `settings`: endpoints checked first (a refused one fails before
     a bundle loads), then the bundle's session with one slot per robot, then the controller around
-    it (`controller.session`). command: the command line recorded into an episode dataset."""
+    it (`controller.session`). command: the command line recorded into an episode dataset. stop:
+    the request the loop reads every tick (SIGINT, SIGTERM, stop.request()), so no watcher thread
+    is needed to end it."""
     from policyrt.controllers.realtime_loop import RealtimeController
 
     curve = check_endpoints(settings)
@@ -103,24 +104,8 @@ def build_controller(settings: ControllerSettings, *, command: str = ""):
             recorder=make_flight_recorder(settings),
             curve=curve,
             episodes=make_episode_recorder(settings, command),
+            stop=stop,
         )
     except BaseException:
         session.close()
         raise
-
-
-def stop_on_request(controller, stop: StopRequest = STOP, also=None) -> threading.Thread:
-    """A thread that turns the process's stop request (SIGINT, SIGTERM, stop.request()) into
-    `controller.request_stop()` at once, then calls `also()` if given; it ends with the process.
-    The loop reads its stop flag at the next tick boundary, so the stop costs at most one tick."""
-
-    def watch() -> None:
-        while not stop.wait(3600.0):
-            pass
-        controller.request_stop()
-        if also is not None:
-            also()
-
-    thread = threading.Thread(target=watch, name="policyrt-stop", daemon=True)
-    thread.start()
-    return thread

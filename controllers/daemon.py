@@ -11,8 +11,9 @@ It owns what a long-running controller needs around the real-time loop
   handshake; WATCHDOG=1 from the loop's per-tick hook, so pings stop when ticks stop and systemd
   restarts a stalled controller; STATUS= lines; STOPPING=1; RELOADING=1 around a reload.
 - signals: handlers only set flags or write a wake-up byte; nothing in them takes a lock.
-  SIGTERM/SIGINT -> the process's StopRequest (policyrt/stopping.py), turned into the loop's
-  request_stop (every robot gets its safe action), recorders flushed, exit 0. SIGHUP -> a reload thread re-reads the config, loads the bundle named there, verifies
+  SIGTERM/SIGINT -> the process's StopRequest (policyrt/stopping.py), which the loop reads every
+  tick (every robot gets its safe action and BYE), recorders flushed, exit 0; the reload thread is
+  woken once the loop has ended. SIGHUP -> a reload thread re-reads the config, loads the bundle named there, verifies
   it against its parity.json and hands it to request_swap, which swaps at the next tick boundary
   with fresh state; a bundle that fails is refused with the reason and the old one keeps running.
   SIGUSR1 -> flight recorder dump.
@@ -133,7 +134,9 @@ class Daemon:
 
     def start(self):
         cfg = self.cfg
-        self.controller = build.build_controller(cfg, command=f"policyrt serve --config {cfg.origin}")
+        self.controller = build.build_controller(
+            cfg, command=f"policyrt serve --config {cfg.origin}", stop=self.stop
+        )
         self.session = self.controller.session
         self.controller.on_tick = self._on_tick
         log.info(
@@ -280,8 +283,8 @@ class Daemon:
         """Run the loop (after start()) until a stop signal; 0 once the robots got their safe action."""
         reloader = threading.Thread(target=self._reload_worker, name="policyrt-reload", daemon=True)
         reloader.start()
-        # A stop requested while loading (SIGTERM during start()) stops the loop at its first tick.
-        build.stop_on_request(self.controller, self.stop, also=self._wake)
+        # The loop reads self.stop every tick, so a stop requested while loading (SIGTERM during
+        # start()) ends it at its first tick; the reload thread is woken when the loop has ended.
         self.notifier.status(f"connecting to {len(self.cfg.robots)} robot(s)")  # shown by systemctl status
         t0 = time.monotonic()
         try:

@@ -16,7 +16,9 @@ has no cheaper way to skip rows, and a slot is reset before its next live row.
 Malformed messages are counted per kind and skipped; control messages go to SessionControl. The
 run ends on the requested number of episodes (BYE instead of the last answer), the robot's BYE,
 the robot falling silent for `robot_timeout_s`, or a stop request (SIGINT/SIGTERM through
-policyrt.stopping.STOP, within one tick or at once in a receive: BYE, then the result).
+policyrt.stopping.STOP, within one tick or at once in a receive: BYE, then the result). The BYE
+is sent in one place, `run_lockstep`, with session_control.send_final_bye (a Link closes with
+LINGER 0, which would drop it still queued).
 
 Board-side module: standard library, numpy and pyzmq only, Python 3.10.
 """
@@ -36,7 +38,7 @@ from policyrt.controllers.results import EpisodeSummary, LockstepResult
 from policyrt.controllers.safety import ESTOP, SafetyChain
 from policyrt.link import Link
 from policyrt.protocol import Encoder, ErrorTally, MsgType, ProtocolError, SlotFlag
-from policyrt.session_control import Control, SessionControl
+from policyrt.session_control import Control, SessionControl, send_final_bye
 from policyrt.spec import Spec
 from policyrt.stopping import STOP, StopRequest
 from policyrt.timing import StageTimes, now_ns
@@ -54,6 +56,8 @@ _RESET = int(SlotFlag.RESET)
 _TERMINATED, _TRUNCATED = int(SlotFlag.TERMINATED), int(SlotFlag.TRUNCATED)
 _DONE = _TERMINATED | _TRUNCATED
 _NOT_LIVE = _DONE | int(SlotFlag.IDLE)
+# Stop reasons after which the robot cannot hear a BYE: it said BYE itself, or fell silent.
+_ROBOT_GONE = ("robot_left", "robot_lost")
 
 
 def handshake(link: Link, timeout_s: float, errors: ErrorTally, stop: StopRequest | None = None) -> Spec | None:
@@ -102,32 +106,34 @@ def run_lockstep(
     """
     errors = ErrorTally(log, "controller")
     with Link(connect, bind=False, context=context, stop=stop) as link:
-        spec = handshake(link, robot_timeout_s, errors, stop)
-        if spec is None or stop.requested:
-            link.send(Encoder().control(MsgType.BYE))
-            return _interrupted_before_the_session(stop, errors, spec)
+        spec = handshake(link, robot_timeout_s, errors, stop)  # TimeoutError: no robot to tell
+        reason = None
         try:
+            if spec is None or stop.requested:
+                return _interrupted_before_the_session(stop, errors, spec)
             low, high = check_spec(spec, session.manifest, connect)
             session = _session_for(spec, session, make_session, connect)
-        except SpecMismatchError:
-            link.send(Encoder().control(MsgType.BYE))  # let the robot end now, not at its timeout
-            raise
-        link.obs_dim, link.act_dim, link.num_envs = spec.obs_dim, spec.act_dim, spec.num_envs
-        log.info(
-            "connected to %s (%s): obs_dim=%d act_dim=%d%s",
-            connect,
-            spec.robot or "robot",
-            spec.obs_dim,
-            spec.act_dim,
-            f", {spec.num_envs} environments" if spec.num_envs > 1 else "",
-        )
-        driver = LockstepDriver(session, link, low, high, errors, spin_us, stop)
-        gc.collect()
-        gc.freeze()  # the objects alive now are never garbage: keep collections off their backs
-        try:
-            reason, detail = driver.run(episodes, robot_timeout_s)
+            link.obs_dim, link.act_dim, link.num_envs = spec.obs_dim, spec.act_dim, spec.num_envs
+            log.info(
+                "connected to %s (%s): obs_dim=%d act_dim=%d%s",
+                connect,
+                spec.robot or "robot",
+                spec.obs_dim,
+                spec.act_dim,
+                f", {spec.num_envs} environments" if spec.num_envs > 1 else "",
+            )
+            driver = LockstepDriver(session, link, low, high, errors, spin_us, stop)
+            gc.collect()
+            gc.freeze()  # the objects alive now are never garbage: keep collections off their backs
+            try:
+                reason, detail = driver.run(episodes, robot_timeout_s)
+            finally:
+                gc.unfreeze()
         finally:
-            gc.unfreeze()
+            # The session's last frame on every ending but the robot's own BYE or silence (a SPEC
+            # that does not fit and a failure included: the robot ends now, not at its timeout).
+            if reason not in _ROBOT_GONE:
+                send_final_bye(link, Encoder())
     chain = driver.core.chain
     return LockstepResult(
         stop_reason=reason,
@@ -212,7 +218,6 @@ class LockstepDriver:
                 if bits & _DONE:
                     self.episodes.close(self.frames.done_rows(msg), self.ticks)
                     if episodes is not None and len(self.episodes.ended) >= episodes:
-                        link.send(self.frames.enc.control(MsgType.BYE))  # instead of the answer
                         return "episodes_done", f"{len(self.episodes.ended)} episode(s) as asked"
                 t_prev = self._tick(msg, bits, t_obs, t_prev)
             else:
@@ -221,7 +226,6 @@ class LockstepDriver:
                     return "robot_left", f"the robot ended the session after {self.ticks} ticks"
                 if was_latched and not self.control.estop:
                     self._reset_all = True
-        link.send(self.frames.enc.control(MsgType.BYE))
         return "interrupted", f"stopped by {stop.reason} after {self.ticks} ticks"
 
     def _tick(self, msg, bits: int, t_obs: int, t_prev: int) -> int:

@@ -22,8 +22,8 @@ FALLBACK|ESTOP) until a CLEAR, and the CLEAR resets the slot's recurrent state, 
 learned from observations before the stop describes a situation that no longer exists.
 
 Stopping: the loop reads its StopRequest (policyrt.stopping.STOP: SIGINT, SIGTERM) at every tick
-boundary and ends "interrupted"; `request_stop()` (programmatic: the daemon, tests) ends it
-"stopped". Either way every robot gets the safe action, then BYE.
+boundary and ends "interrupted"; `request_stop()` (programmatic: tests, an embedding program)
+ends it "stopped". Either way every robot gets the safe action, then BYE.
 
 Thread-safety: `request_stop()` and `request_swap()` only set attributes that the loop reads at
 the next tick boundary, so they are safe from other threads and from signal handlers.
@@ -224,7 +224,7 @@ class RealtimeController:
         try:
             while True:
                 tick = sched.wait()
-                if stop.requested:  # before _stop: a watcher thread may have turned it into that too
+                if stop.requested:  # SIGINT, SIGTERM, stop.request(): read here, every tick
                     reason, detail = "interrupted", f"stopped by {stop.reason}"
                     break
                 if self._stop:

@@ -129,3 +129,17 @@ def send_final_bye(link, encoder, flush_ms: int = BYE_FLUSH_MS) -> None:
     instead of hearing the BYE); this close waits up to `flush_ms` for it. The link is closed after."""
     link.send(encoder.control(MsgType.BYE))
     link.sock.close(linger=flush_ms)
+
+
+def release_global_context(flush_ms: int = BYE_FLUSH_MS) -> None:
+    """Let the last frames leave before the process exits; for the end of a command that ran a
+    session (`run`, `serve`, `sim serve`). pyzmq does not terminate its global context at
+    interpreter exit, so a final BYE still queued on a link closed with a linger would be lost and
+    the peer would wait for its timeout. Closes every socket of that context: process exit only.
+    The CURVE authenticator threads (controllers/auth.py) are stopped first: they use it too."""
+    import zmq
+
+    from policyrt.controllers.auth import stop_authenticators
+
+    stop_authenticators()
+    zmq.Context.instance().destroy(linger=flush_ms)

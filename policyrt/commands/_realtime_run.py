@@ -9,7 +9,7 @@ import sys
 
 def run_realtime(args, settings) -> int:
     """settings: the ControllerSettings of the command line (commands/_realtime_args.py)."""
-    from policyrt.controllers.build import build_controller, stop_on_request
+    from policyrt.controllers.build import build_controller
     from policyrt.controllers.results import format_result
     from policyrt.runtime import BundleError
     from policyrt.stopping import STOP
@@ -21,7 +21,6 @@ def run_realtime(args, settings) -> int:
         return 2
     # SIGTERM (systemd, kill) ends the run like Ctrl-C: safe action, BYE, summary, exit 0.
     STOP.install()  # whatever this process inherited (idempotent: the CLI's main() installs it too)
-    stop_on_request(controller, STOP)
     if controller.recorder is not None:
         controller.recorder.install_signal()
     result = controller.run(stop_after_s=args.duration)

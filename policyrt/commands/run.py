@@ -97,6 +97,15 @@ def handle(args: argparse.Namespace) -> int:
     if misuse:
         print(f"policyrt run: {misuse}", file=sys.stderr)
         return 2
+    from policyrt.session_control import release_global_context
+
+    try:
+        return _run(args, settings)
+    finally:
+        release_global_context()  # the final BYE leaves before the process exits
+
+
+def _run(args: argparse.Namespace, settings) -> int:
     if args.mode == "realtime":
         from policyrt.commands._realtime_run import run_realtime
 

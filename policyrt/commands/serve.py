@@ -77,7 +77,12 @@ def handle(args: argparse.Namespace) -> int:
         print(f"policyrt serve: {exc}", file=sys.stderr)
         return 2
     # From here on a failure is a traceback and exit 1: systemd restarts the daemon.
-    return server.serve()
+    from policyrt.session_control import release_global_context
+
+    try:
+        return server.serve()
+    finally:
+        release_global_context()  # the final BYE leaves before the process exits
 
 
 def _check(cfg, daemon) -> int:

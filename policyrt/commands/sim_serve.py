@@ -167,10 +167,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def handle(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    from policyrt.session_control import release_global_context
+
     try:
         return _handle(args)
     finally:
-        _release_zmq()
+        release_global_context()  # the final BYE leaves before the process exits
 
 
 def _handle(args: argparse.Namespace) -> int:
@@ -188,19 +190,6 @@ def _handle(args: argparse.Namespace) -> int:
         print(f"policyrt sim serve: {err}", file=sys.stderr)
         return 2
     return _serve_realtime(args, curve) if args.mode == "realtime" else _serve_lockstep(args, curve)
-
-
-def _release_zmq() -> None:
-    """Let the last frames leave before the process exits: pyzmq does not terminate its global
-    context at interpreter exit, so a final BYE still queued (its link closed with a linger) would
-    be lost and the controller would wait for its timeout instead."""
-    import zmq
-
-    from policyrt.controllers.auth import stop_authenticators
-    from policyrt.session_control import BYE_FLUSH_MS
-
-    stop_authenticators()
-    zmq.Context.instance().destroy(linger=BYE_FLUSH_MS)
 
 
 def _serve_lockstep(args, curve=None) -> int:
