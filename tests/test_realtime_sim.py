@@ -176,6 +176,36 @@ def test_a_stopped_realtime_sim_says_bye_to_its_controller_and_exits_zero(tmp_pa
     assert json.loads(results.read_text())["stop_reason"] == "interrupted"
 
 
+def test_acts_sent_just_before_the_bye_are_not_counted_as_errors(tmp_path):
+    """ACTs (stream link) and the BYE (session link) travel on two sockets with no order between
+    them: ACTs sent right before the BYE often reach the robot in the BYE's tick, after it. The
+    session is over then; they are not 'unexpected' (the killed-controller test saw one)."""
+    import numpy as np
+
+    from policyrt.link import Link
+    from policyrt.protocol import Encoder, MsgType
+    from policyrt.stream import open_stream_link
+
+    ep = endpoint_for("ipc")
+    results = tmp_path / "sim.json"
+    sim = realtime_sim(ep, results=results)
+    session, stream = Link(ep, bind=False, send_timeout_ms=0), open_stream_link(ep, bind=False)
+    try:
+        enc = Encoder(act_dim=1)
+        assert session.send(enc.control(MsgType.HELLO))
+        msg = session.recv(PATIENCE_S)
+        assert msg is not None and msg.type is MsgType.SPEC
+        stream.send(enc.act(np.zeros(1, np.float32), ack=0))
+        session.send(enc.control(MsgType.BYE))  # at once: both arrive before the robot's next tick
+        code, _, err = finish(sim)
+    finally:
+        session.close()
+        stream.close()
+    assert code == 0, err
+    result = json.loads(results.read_text())
+    assert result["stop_reason"] == "controller_left" and result["errors"] == {}, err
+
+
 def test_estop_without_a_robot_says_nothing_was_sent():
     code, _, err = finish(policyrt("estop", endpoint_for("ipc"), "--timeout", "0.2"))
     assert code == 1 and "nothing was sent" in err

@@ -69,6 +69,8 @@ def handle(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"policyrt estop: {exc}", file=sys.stderr)
             return 2
+    from policyrt.session_control import release_global_context
+
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     timeout_ms = max(0, int(args.timeout * 1000))
@@ -95,5 +97,8 @@ def handle(args: argparse.Namespace) -> int:
         return 2
     finally:
         sock.close()
+        # pyzmq does not terminate its global context at exit: without this the frame handed over
+        # may still be queued when the process ends, and the operator's ESTOP is lost.
+        release_global_context(timeout_ms)
     print(f"sent {kind.name} to {args.endpoint}")
     return 0
