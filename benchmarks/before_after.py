@@ -76,7 +76,7 @@ def run_realtime(src: Path, bundle: Path, rates: list[float], duration: float, e
                "--rates", *map(str, rates), "--bundles", str(bundle), "--json", str(out), *extra]
         subprocess.run(cmd, env=env, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
         runs = json.loads(out.read_text())["runs"]
-    return [{"rate_hz": r["rate_hz"], "miss_pct": r["deadline_miss_pct"], "jitter_p99_us": r["jitter_us"]["p99"],
+    return [{"rate_hz": r["rate_hz"], "miss_pct": r["deadline_miss_pct"], "jitter_p99_us": r["jitter_us"]["p99_us"],
              "tick_p99_us": r["stages_us"]["tick"]["p99"]} for r in runs]
 
 
