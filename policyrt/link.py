@@ -30,7 +30,7 @@ from policyrt.stopping import StopRequest
 # two polls shows that another task had the CPU, gives up: the receives block for a while, then
 # spinning is tried again.
 _yield_cpu = getattr(os, "sched_yield", None) or (lambda: None)
-_LOST_CPU_NS = 100_000  # a poll takes microseconds, another task's time slice a millisecond or more
+_LOST_CPU_NS = 1_000_000  # a poll (and a yield to a ZeroMQ I/O thread) takes microseconds; a lost time slice, milliseconds
 _SHARED_CPU_BACKOFF_NS = 200_000_000
 
 
