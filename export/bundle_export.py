@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from policyrt import contract
+from policyrt.atomic_dir import replace_dir_atomically
 from policyrt.bundle import open_bundle, sha256_file, write_manifest
 
 from .graph_checks import check_step_graph
@@ -60,9 +59,7 @@ def export_policy(policy, doc: dict, source: Path, out: Path, name: str | None =
     config = policy.config
     step = make_step(policy)
     name = name or out.name.removesuffix(".tar").removesuffix(".policy")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out.parent))
-    try:
+    with replace_dir_atomically(out, prefix=name) as work:
         progress(f"exporting step graph of {source} ...")
         onnx_bytes = export_step_graph(step, config.obs_dim, config.act_dim, work / "policy.onnx")
         graph = check_step_graph(onnx.load_from_string(onnx_bytes), step.specs)
@@ -144,11 +141,5 @@ def export_policy(policy, doc: dict, source: Path, out: Path, name: str | None =
         (work / "parity.json").write_text(json.dumps(doc_out) + "\n")
         manifest["parity"] = results
         write_manifest(work, manifest)
-        if out.exists():
-            shutil.rmtree(out)
-        work.rename(out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     progress(f"wrote {out} ({sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 1e6:.1f} MB)")
     return out

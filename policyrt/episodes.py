@@ -22,12 +22,12 @@ import contextlib
 import json
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from policyrt.atomic_dir import replace_dir_atomically
 
 FIELDS = ("observations", "actions", "expert_actions", "rewards", "terminations", "truncations")
 FORMATS = ("minari", "npz")
@@ -77,16 +77,8 @@ class Dataset:
         replaceable = out.is_dir() and ((out / "dataset.json").is_file() or not any(out.iterdir()))
         if out.exists() and not replaceable:
             raise FileExistsError(f"{out}: exists and is not a dataset (no dataset.json); not replacing it")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-        try:
+        with replace_dir_atomically(out) as work:
             self._write(work, fmt, name=out.name)
-            if out.exists():
-                shutil.rmtree(out)
-            work.rename(out)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
 
     def _write(self, out: Path, fmt: str, name: str) -> None:
         meta = {**self.meta, "format": fmt}
