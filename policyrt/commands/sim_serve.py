@@ -194,6 +194,47 @@ def _handle(args: argparse.Namespace) -> int:
 
 def _serve_lockstep(args, curve=None) -> int:
     from policyrt.sim.lockstep_driver import format_result, serve
+
+    return _run_server(
+        serve,
+        format_result,
+        args,
+        curve,
+        spin_us=args.spin_us,
+        num_envs=args.num_envs,
+        seeding=args.seeding,
+        stage_times_path=args.stage_times,
+        env_threads=args.env_threads,
+    )
+
+
+def _serve_realtime(args, curve=None) -> int:
+    from policyrt.sim.realtime_driver import format_realtime_result, serve_realtime
+
+    if args.num_envs != 1 or args.seeding not in (None, "first") or args.stage_times:
+        print(
+            "policyrt sim serve: --mode realtime serves one environment per endpoint and takes neither "
+            "--num-envs, --seeding episode nor --stage-times; start one server per robot",
+            file=sys.stderr,
+        )
+        return 2
+    if args.rate is not None and not args.rate > 0:
+        print(f"policyrt sim serve: --rate must be > 0, got {args.rate}", file=sys.stderr)
+        return 2
+    return _run_server(
+        serve_realtime,
+        format_realtime_result,
+        args,
+        curve,
+        rate_hz=args.rate,
+        duration_s=args.duration,
+        act_timeout_s=args.act_timeout,
+        spin_us=args.spin_us or 200.0,
+    )
+
+
+def _run_server(serve, format_result, args, curve, **mode_kwargs) -> int:
+    """Run one mode's `serve` with the options both modes share; print its result; the exit status."""
     from policyrt.sim.robot import FAILED_STOPS
 
     try:  # serve refuses impossible layouts (P < 1, P > 1 with seeding 'first') before binding
@@ -207,57 +248,14 @@ def _serve_lockstep(args, curve=None) -> int:
                 connect_timeout_s=args.connect_timeout,
                 results_path=args.results,
                 env_kwargs=dict(args.env_arg),
-                spin_us=args.spin_us,
-                num_envs=args.num_envs,
-                seeding=args.seeding,
-                stage_times_path=args.stage_times,
                 curve=curve,
-                env_threads=args.env_threads,
                 on_episode=on_episode,
+                **mode_kwargs,
             )
     except ValueError as err:
         print(f"policyrt sim serve: {err}", file=sys.stderr)
         return 2
     print(format_result(result), flush=True)
-    return 1 if result.stop_reason in FAILED_STOPS else 0
-
-
-def _serve_realtime(args, curve=None) -> int:
-    from policyrt.sim.realtime_driver import format_realtime_result, serve_realtime
-    from policyrt.sim.robot import FAILED_STOPS
-
-    if args.num_envs != 1 or args.seeding not in (None, "first") or args.stage_times:
-        print(
-            "policyrt sim serve: --mode realtime serves one environment per endpoint and takes neither "
-            "--num-envs, --seeding episode nor --stage-times; start one server per robot",
-            file=sys.stderr,
-        )
-        return 2
-    if args.rate is not None and not args.rate > 0:
-        print(f"policyrt sim serve: --rate must be > 0, got {args.rate}", file=sys.stderr)
-        return 2
-    try:
-        with _episode_events(args) as on_episode:
-            result = serve_realtime(
-                args.env,
-                args.bind,
-                rate_hz=args.rate,
-                episodes=args.episodes,
-                duration_s=args.duration,
-                seed=args.seed,
-                act_timeout_s=args.act_timeout,
-                controller_timeout_s=args.controller_timeout,
-                connect_timeout_s=args.connect_timeout,
-                results_path=args.results,
-                env_kwargs=dict(args.env_arg),
-                spin_us=args.spin_us or 200.0,
-                curve=curve,
-                on_episode=on_episode,
-            )
-    except ValueError as err:
-        print(f"policyrt sim serve: {err}", file=sys.stderr)
-        return 2
-    print(format_realtime_result(result), flush=True)
     return 1 if result.stop_reason in FAILED_STOPS else 0
 
 
