@@ -12,15 +12,14 @@ def run_realtime(args, settings) -> int:
     from policyrt.controllers.build import build_controller
     from policyrt.controllers.results import format_result
     from policyrt.runtime import BundleError
-    from policyrt.stopping import STOP
 
     try:
         controller = build_controller(settings, command=getattr(args, "command_line", ""))
     except (BundleError, ImportError, RuntimeError, ValueError, OSError) as exc:  # OSError: a recorder's directory
         print(f"policyrt run: {exc}", file=sys.stderr)
         return 2
-    # SIGTERM (systemd, kill) ends the run like Ctrl-C: safe action, BYE, summary, exit 0.
-    STOP.install()  # whatever this process inherited (idempotent: the CLI's main() installs it too)
+    # SIGTERM (systemd, kill) ends the run like Ctrl-C (safe action, BYE, summary, exit 0): the
+    # controller reads policyrt.stopping.STOP, which cli.main() installed first thing.
     if controller.recorder is not None:
         controller.recorder.install_signal()
     result = controller.run(stop_after_s=args.duration)
