@@ -40,8 +40,9 @@ def handle(args) -> int:
 
     from ._session_args import session_flags_given, session_from_args
 
-    if not args.loop and session_flags_given(args):
-        print(f"policyrt bench: {', '.join(session_flags_given(args))} only apply with --loop", file=sys.stderr)
+    given = session_flags_given(args)
+    if not args.loop and given:
+        print(f"policyrt bench: {', '.join(given)} only apply with --loop", file=sys.stderr)
         return 2
     session = session_from_args(args)
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json == "-" else print
