@@ -85,6 +85,14 @@ def wait_for_handlers(proc: subprocess.Popen) -> None:
         time.sleep(0.002)
 
 
+def _recv_within_the_limit(link, sent: float):
+    """The next message, waiting no later than the stop limit after `sent`; none is a failure."""
+    msg = link.recv(max(0.0, sent + STOP_LIMIT_S - time.monotonic()))
+    if msg is None:
+        raise AssertionError(f"no BYE within {STOP_LIMIT_S:g} s of the signal")
+    return msg
+
+
 def finish(proc: subprocess.Popen, sent: float, case: Case) -> tuple[str, str]:
     """The process's output after the signal; asserts exit 0 within the limit, no traceback."""
     try:  # waits past the limit: how long it took and what it said help to read a failure
@@ -152,10 +160,7 @@ class LockstepRobot:
         if not self.session:
             self.start()
         while True:
-            left = sent + STOP_LIMIT_S - time.monotonic()
-            msg = self.robot.link.recv(max(0.0, left))
-            if msg is None:
-                raise AssertionError(f"no BYE within {STOP_LIMIT_S:g} s of the signal")
+            msg = _recv_within_the_limit(self.robot.link, sent)
             if msg.type is MsgType.BYE:
                 return time.monotonic() - sent
             self.answered(msg)
@@ -218,10 +223,7 @@ class SimController:
         if self.obs is not None:
             self.ctl.answer(self.obs)
         while True:
-            left = sent + STOP_LIMIT_S - time.monotonic()
-            msg = self.ctl.link.recv(max(0.0, left))
-            if msg is None:
-                raise AssertionError(f"no BYE within {STOP_LIMIT_S:g} s of the signal")
+            msg = _recv_within_the_limit(self.ctl.link, sent)
             if msg.type is MsgType.BYE:
                 return time.monotonic() - sent
             if msg.type is MsgType.OBS:
