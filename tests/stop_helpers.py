@@ -15,7 +15,9 @@ import random
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +93,17 @@ def _recv_within_the_limit(link, sent: float):
     if msg is None:
         raise AssertionError(f"no BYE within {STOP_LIMIT_S:g} s of the signal")
     return msg
+
+
+@contextmanager
+def output_on_failure(proc: subprocess.Popen, case: Case) -> Iterator[None]:
+    """A failed assertion inside kills the process and adds what it had said to the message."""
+    try:
+        yield
+    except AssertionError as exc:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"{case}: {exc}\n--- stdout ---\n{out[-1500:]}\n--- stderr ---\n{err[-3000:]}") from None
 
 
 def finish(proc: subprocess.Popen, sent: float, case: Case) -> tuple[str, str]:

@@ -31,6 +31,7 @@ from stop_helpers import (
     SimController,
     finish,
     needs_bundle,
+    output_on_failure,
     play_lockstep_until_signal,
     play_sim_until_signal,
     stress,
@@ -205,13 +206,9 @@ def stop_the_controller(case: Case) -> str:
         proc = start_policyrt("run", str(BUNDLE), "--connect", ep, "--robot-timeout", str(PATIENCE_S),
                               sigint=case.sigint)
         lockstep = LockstepRobot(robot, random.Random(case.seed + 1))
-        try:
+        with output_on_failure(proc, case):
             sent = play_lockstep_until_signal(lockstep, proc, case)
             lockstep.until_bye(sent)
-        except AssertionError as exc:
-            proc.kill()
-            out, err = proc.communicate()
-            raise AssertionError(f"{case}: {exc}\n--- stdout ---\n{out[-1500:]}\n--- stderr ---\n{err[-3000:]}") from None
         out, _ = finish(proc, sent, case)
     finally:
         robot.close()
@@ -304,13 +301,9 @@ def stop_the_sim_server(case: Case) -> None:
         return
     ctl = SimController(ep)
     try:
-        try:
+        with output_on_failure(proc, case):
             sent = play_sim_until_signal(ctl, proc, case)
             ctl.until_bye(sent)
-        except AssertionError as exc:
-            proc.kill()
-            out, err = proc.communicate()
-            raise AssertionError(f"{case}: {exc}\n--- stdout ---\n{out[-1500:]}\n--- stderr ---\n{err[-3000:]}") from None
         out, _ = finish(proc, sent, case)
     finally:
         ctl.close()
