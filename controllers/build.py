@@ -43,6 +43,11 @@ def loop_config(settings: ControllerSettings, manifest) -> RealtimeConfig:
         raise ValueError(f"{exc}: set {settings.describe('loop.rate_hz')}") from None
 
 
+def load_session(settings: ControllerSettings):
+    """The bundle's session with one slot per robot."""
+    return settings.session.load(settings.bundle, batch_size=len(settings.robots))
+
+
 def make_telemetry(settings: ControllerSettings):
     telemetry = settings.telemetry
     if not telemetry.pub and not telemetry.prometheus_port:
@@ -94,7 +99,7 @@ def build_controller(settings: ControllerSettings, *, command: str = "", stop: S
     from policyrt.controllers.realtime_loop import RealtimeController
 
     curve = check_endpoints(settings)
-    session = settings.session.load(settings.bundle, batch_size=len(settings.robots))
+    session = load_session(settings)
     try:
         return RealtimeController(
             session,

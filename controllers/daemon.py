@@ -101,11 +101,6 @@ def verify_bundle(bundle, session: SessionSettings):
     return report
 
 
-def load_session(cfg: ControllerSettings):
-    """The bundle's session with one slot per robot."""
-    return cfg.session.load(cfg.bundle, batch_size=len(cfg.robots))
-
-
 # Settings a SIGHUP does not apply (the bundle and the session settings are what it reloads).
 _RESTART_ONLY = ("robots", "insecure", "loop", "telemetry", "flight_recorder", "recording", "auth")
 
@@ -220,7 +215,7 @@ class Daemon:
                 "restart to apply %s", ", ".join(changed)
             )
         log.info("reload: loading %s on %s", new_cfg.bundle, new_cfg.session.backend)
-        session = load_session(new_cfg)
+        session = build.load_session(new_cfg)
         try:
             old, new = self.session.manifest, session.manifest
             if (new.obs_dim, new.act_dim) != (old.obs_dim, old.act_dim):

@@ -90,7 +90,7 @@ def _check(cfg, daemon) -> int:
 
     build.check_endpoints(cfg)
     build.check_recording(cfg)
-    session = daemon.load_session(cfg)
+    session = build.load_session(cfg)
     try:
         rate = build.loop_config(cfg, session.manifest).rate_hz
         report = daemon.verify_bundle(session.bundle, cfg.session)
