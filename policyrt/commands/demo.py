@@ -77,18 +77,17 @@ def run_one(bundle: str, args) -> bool:
     paths = write_report(report, folder)
     print(f"report: {folder}/ ({', '.join(p.name for p in paths)})")
     if args.video:
-        _video(bundle, env_id, args)
+        _video(bundle, env_id, session.backend, args)
     return ok
 
 
-def _video(bundle: str, env_id: str, args) -> None:
-    from policyrt.commands._session_args import session_from_args
+def _video(bundle: str, env_id: str, backend: str, args) -> None:
     from policyrt.sim.video import render_episode
 
     out = Path(args.video)
     if len(args.bundle or default_bundles()) > 1:
         out = out.with_name(f"{out.stem}-{Path(bundle).name.removesuffix('.policy')}{out.suffix}")
-    result = render_episode(bundle, env_id, out, seed=args.seed, backend=session_from_args(args).backend)
+    result = render_episode(bundle, env_id, out, seed=args.seed, backend=backend)
     print(f"video: {result.path} ({result.frames} frames, return {result.episode_return:.2f})")
 
 
