@@ -81,7 +81,7 @@ def hf_dt_reference(source: Path, manifest) -> ReferenceDT:
     """A `DecisionTransformerModel.save_pretrained` directory, run by transformers itself."""
     from transformers import DecisionTransformerModel
 
-    return _evaluation_loop(DecisionTransformerModel.from_pretrained(str(source)).eval(), manifest)
+    return _evaluation_loop(DecisionTransformerModel.from_pretrained(str(source)).eval(), manifest_config(manifest))
 
 
 def dt_original_reference(source: Path, manifest) -> ReferenceDT:
@@ -89,14 +89,15 @@ def dt_original_reference(source: Path, manifest) -> ReferenceDT:
     from .dt_import import load_weights
 
     weights = {k.replace("transformer.", "encoder.", 1): v for k, v in load_weights(source).items()}
-    model = hf_model_from_dt_config(manifest_config(manifest), weights)
-    model.encoder.wpe.weight.data.zero_()  # the original architecture has no position embedding
-    return _evaluation_loop(model, manifest)
-
-
-def _evaluation_loop(model, manifest) -> ReferenceDT:
-    """`model` in the reference loop, with the normalization, bounds and scales the bundle records."""
     cfg = manifest_config(manifest)
+    model = hf_model_from_dt_config(cfg, weights)
+    model.encoder.wpe.weight.data.zero_()  # the original architecture has no position embedding
+    return _evaluation_loop(model, cfg)
+
+
+def _evaluation_loop(model, cfg) -> ReferenceDT:
+    """`model` in the reference loop, with the normalization, bounds and scales the bundle records
+    (`cfg`: its manifest's DT policy config)."""
     mean = np.asarray(cfg.obs_mean, np.float32) if cfg.obs_mean else None
     std = np.asarray(cfg.obs_std, np.float32) if cfg.obs_std else None
     bounds = (cfg.action_low, cfg.action_high) if cfg.action_tanh else (None, None)
