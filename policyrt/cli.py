@@ -39,6 +39,15 @@ the whole path:
 
 each subcommand has its own --help."""
 
+# Optional libraries -> the extra that installs them. A command reached without its extra (a board
+# with `[cpu]` only running `sim serve`, say) ends with one line naming the extra, not a traceback.
+EXTRA_OF_MODULE = {
+    "gymnasium": "sim", "mujoco": "sim", "minari": "sim",
+    "torch": "train", "xlstm": "train", "safetensors": "train", "onnx": "export",
+    "onnxruntime": "cpu", "matplotlib": "plot", "imageio": "video", "imageio_ffmpeg": "video",
+    "prometheus_client": "telemetry", "transformers": "hf",
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
     from .commands import (
@@ -94,6 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # a one-shot command aborted
         print(f"policyrt {name}: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as err:
+        extra = EXTRA_OF_MODULE.get((err.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        print(f"policyrt {name}: needs {err.name}, which this install lacks: pip install 'policyrt[{extra}]'",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

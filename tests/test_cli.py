@@ -72,3 +72,15 @@ def test_every_command_that_loads_a_session_takes_the_one_session_group(command,
 def test_bench_refuses_session_flags_without_the_closed_loop(tiny_bundle, capsys):
     assert main(["bench", str(tiny_bundle), "--backend", "torch"]) == 2
     assert "--backend only apply with --loop" in capsys.readouterr().err
+
+
+def test_a_command_without_its_extra_says_which_extra_in_one_line(monkeypatch, capsys):
+    # sys.modules[name] = None makes `import name` raise ModuleNotFoundError, as on a board with [cpu] only.
+    import sys
+
+    from policyrt.cli import main
+
+    monkeypatch.setitem(sys.modules, "gymnasium", None)
+    assert main(["sim", "serve", "--env", "InvertedPendulum-v5", "--bind", "tcp://127.0.0.1:5997"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "policyrt sim serve: needs gymnasium, which this install lacks: pip install 'policyrt[sim]'"
