@@ -53,7 +53,7 @@ def train(args: TrainDTArgs, progress: bool = True, command: str | None = None) 
     from .sequence_data import half_range, sample_windows
     from .training_loop import adamw_cosine, run_training, start_training
 
-    rng, _, fields, meta, episodes = start_training(args, command)
+    rng, fields, meta, episodes = start_training(args, command)
     config = DTPolicyConfig(
         **fields,
         hidden_size=args.hidden_size,

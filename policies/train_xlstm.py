@@ -50,7 +50,7 @@ def train(args: TrainXLSTMArgs, progress: bool = True, command: str | None = Non
     from .xlstm_config import XLSTMPolicyConfig
     from .xlstm_policy import XLSTMPolicy
 
-    rng, _, fields, meta, episodes = start_training(args, command)
+    rng, fields, meta, episodes = start_training(args, command)
     config = XLSTMPolicyConfig(
         **fields,
         embedding_dim=args.embedding_dim,

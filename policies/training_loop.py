@@ -63,8 +63,8 @@ class TrainArgs:
 
 
 def start_training(args: TrainArgs, command: str | None):
-    """Seeds and threads, then what the dataset fixes -> (rng, dataset, config fields, checkpoint meta,
-    episode arrays with the chosen labels); see sequence_data.dataset_for_training."""
+    """Seeds and threads, then what the dataset fixes -> (rng, config fields, checkpoint meta, episode
+    arrays with the chosen labels); see sequence_data.dataset_for_training."""
     import numpy as np
     import torch
 
@@ -74,7 +74,7 @@ def start_training(args: TrainArgs, command: str | None):
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     dataset, fields, meta = dataset_for_training(args, command)
-    return rng, dataset, fields, meta, episode_arrays(dataset, args.labels)
+    return rng, fields, meta, episode_arrays(dataset, args.labels)
 
 
 def adamw_cosine(policy, args: TrainArgs, warmup_steps: int = 0):
