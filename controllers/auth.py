@@ -7,7 +7,8 @@ accepts only clients whose public keys are in its `authorized_clients/` director
 ZAP authenticator (pyzmq's `zmq.auth.thread.ThreadAuthenticator`). A peer with the wrong keys
 never completes the handshake, so not one of its frames reaches the application.
 
-Key directory, as `policyrt keys generate DIR` writes it (secrets are mode 0600):
+Key directory, as `policyrt keys generate DIR` writes it (the directories mode 0700 and secrets
+mode 0600 whatever the umask; an existing DIR that others can write is refused):
 
     DIR/server.key               the robot side's public key: every controller needs it
     DIR/server.key_secret        the robot side's key pair: only the robot side
@@ -31,6 +32,7 @@ import hashlib
 import ipaddress
 import os
 import shutil
+import stat
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -135,8 +137,8 @@ def generate_keys(key_dir, client: str = "client") -> list[Path]:
         raise AuthError(f"client name {client!r}: use letters, digits, '-' and '_' (not '{SERVER}')")
     if (key_dir / f"{client}.key_secret").exists() or (key_dir / f"{client}.key").exists():
         raise AuthError(f"{key_dir}: a key pair named {client!r} exists already; pick another --client NAME")
-    key_dir.mkdir(parents=True, exist_ok=True)
-    (key_dir / AUTHORIZED).mkdir(exist_ok=True)
+    _private_dir(key_dir)
+    _private_dir(key_dir / AUTHORIZED)
     written = []
     names = ([SERVER] if not (key_dir / f"{SERVER}.key_secret").exists() else []) + [client]
     for name in names:
@@ -145,6 +147,23 @@ def generate_keys(key_dir, client: str = "client") -> list[Path]:
     shutil.copyfile(key_dir / f"{client}.key", authorized)
     os.chmod(authorized, 0o644)
     return [*written, authorized]
+
+
+def _private_dir(path: Path) -> None:
+    """Create `path` and its missing parents mode 0700 whatever the umask (mkdir's mode is masked by
+    it, chmod's is not): under `umask 000` they would be 0777, and any local user could add an
+    authorized client key or swap server.key. An existing directory that others can write is
+    refused for the same reason."""
+    missing = [d for d in (path, *path.parents) if not d.exists()]
+    for d in reversed(missing):
+        d.mkdir(mode=0o700)
+        os.chmod(d, 0o700)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o022:
+        raise AuthError(
+            f"{path}: writable by other users (mode {mode:04o}), who could add an authorized client key "
+            f"or swap server.key; chmod go-w {path} (or use a new directory)"
+        )
 
 
 def _create_pair(key_dir: Path, name: str) -> list[Path]:

@@ -28,6 +28,8 @@ import time
 import numpy as np
 import zmq
 
+from policyrt.link import limit_message_size
+
 log = logging.getLogger(__name__)
 
 # Histogram buckets: upper bounds in microseconds, powers of two from 8 us to ~65 ms, then +inf.
@@ -116,6 +118,7 @@ class Telemetry:
             self._sock = ctx.socket(zmq.PUB)
             self._sock.setsockopt(zmq.LINGER, 0)
             self._sock.setsockopt(zmq.SNDHWM, 10)
+            limit_message_size(self._sock)  # a subscriber's (un)subscribe frames are received too
             self._sock.bind(self.pub_endpoint)
             log.info("telemetry on %s (view it with `policyrt top %s`)", self.pub_endpoint, self.pub_endpoint)
         self._thread = threading.Thread(target=self._loop, name="telemetry", daemon=True)
@@ -181,6 +184,9 @@ class _Prometheus:
             "policyrt_fallbacks", "slot-ticks sent the fallback action", ["reason"], registry=r
         )
         self.estops = prom.Gauge("policyrt_estops", "e-stop latches", registry=r)
+        self.state_resets = prom.Gauge(
+            "policyrt_state_resets", "slot policy states reset after a non-finite action", registry=r
+        )
         self.rejected = prom.Gauge("policyrt_rejected_frames", "rejected frames", ["kind"], registry=r)
         buckets = [b / 1e6 for b in BUCKET_US[:-1]] + [float("inf")]
         self.stage = prom.Histogram(
@@ -196,6 +202,7 @@ class _Prometheus:
         self.misses.set(c["deadline_misses"])
         self.skipped.set(c["skipped_ticks"])
         self.estops.set(c["estops"])
+        self.state_resets.set(c["state_resets"])
         for reason, n in c["fallbacks"].items():
             self.fallbacks.labels(reason).set(n)
         for kind, n in c["rejected"].items():

@@ -33,6 +33,20 @@ _yield_cpu = getattr(os, "sched_yield", None) or (lambda: None)
 _LOST_CPU_NS = 1_000_000  # a poll (and a yield to a ZeroMQ I/O thread) takes microseconds; a lost time slice, milliseconds
 _SHARED_CPU_BACKOFF_NS = 200_000_000
 
+# ZMQ_MAXMSGSIZE of every socket policyrt receives on. Without it libzmq allocates whatever size a
+# peer announces (one 256 MiB frame grew a controller by 254 MiB) before the application can look
+# at it; with it, libzmq drops a connection that announces a larger frame (a DEALER reconnects).
+# Every valid frame fits MAX_FRAME_BYTES (protocol.decode refuses a SPEC whose data frames would
+# not); twice that leaves headroom, so a frame a little too long still arrives and is counted as
+# `length` (docs/PROTOCOL.md, section 7) instead of silently resetting the link.
+MAX_MESSAGE_BYTES = 2 * MAX_FRAME_BYTES
+
+
+def limit_message_size(sock: zmq.Socket) -> None:
+    """Bound what a peer can make this socket allocate; call before bind/connect (ZeroMQ applies
+    it to the connections made after it is set)."""
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+
 
 class Link:
     """A session socket. `recv` returns a validated Message, None on timeout, or raises
@@ -65,6 +79,7 @@ class Link:
         # DEALER blocks a send while it has no connected peer; bound it so a vanished peer
         # shows up as a failed send, never as a hang.
         self.sock.setsockopt(zmq.SNDTIMEO, send_timeout_ms)
+        limit_message_size(self.sock)
         if curve is not None:
             curve.configure(self.sock, bind=bind, context=self._ctx)
         if bind:
@@ -188,14 +203,28 @@ class Link:
 
     def _read(self, flags: int) -> int:
         """Receive one frame into the buffer; returns its full size (larger than the buffer when
-        it did not fit)."""
+        it did not fit). A message of several frames is drained whole and refused as one."""
         if self._recv_into is not None:
-            return self._recv_into(self._buf, flags=flags)
-        frame = self.sock.recv(flags)
-        n = len(frame)
-        if n <= len(self._buf):
-            self._buf[:n] = frame
+            n = self._recv_into(self._buf, flags=flags)
+        else:
+            frame = self.sock.recv(flags)
+            n = len(frame)
+            if n <= len(self._buf):
+                self._buf[:n] = frame
+        if self.sock.getsockopt(zmq.RCVMORE):
+            self._refuse_multipart()
         return n
+
+    def _refuse_multipart(self):
+        """Every policyrt message is one frame. ZeroMQ delivers a multipart message whole, so its
+        other parts are already here: read them all (none may be taken for a message of its own)
+        and raise one error for the message."""
+        parts = 1
+        while True:
+            self.sock.recv(zmq.NOBLOCK, copy=False)
+            parts += 1
+            if not self.sock.getsockopt(zmq.RCVMORE):
+                raise ProtocolError("multipart", f"a message of {parts} frames; policyrt messages are one frame")
 
     def close(self) -> None:
         self.sock.close(linger=0)

@@ -35,7 +35,9 @@ HEADER = struct.Struct("<4sBBHIIQIIII")
 HEADER_SIZE = HEADER.size  # 40: a multiple of 8, so the payload that follows stays aligned
 assert HEADER_SIZE == 40
 
-# Receive buffers are sized for this; it bounds how large a SPEC (with names) may grow.
+# Receive buffers are sized for this; it bounds every valid frame: a SPEC (with names) and, since
+# decode refuses a SPEC whose data frames would not fit (`data_frame_bytes`), every OBS/ACT and
+# batched frame of an accepted session.
 MAX_FRAME_BYTES = 64 * 1024
 
 _SEQ_MOD = 1 << 32
@@ -97,13 +99,26 @@ def batch_frame_bytes(mtype: MsgType, num_envs: int, dim: int) -> int:
     per_slot = 3 + dim + 1 if mtype is MsgType.OBS_BATCH else 1 + dim
     return HEADER_SIZE + 4 * num_envs * per_slot
 
+
+def data_frame_bytes(spec: Spec) -> int:
+    """The largest OBS/ACT (or, for num_envs > 1, OBS_BATCH/ACT_BATCH) frame of a session with
+    this SPEC: a SPEC whose data frames exceed MAX_FRAME_BYTES could never carry one."""
+    if spec.num_envs == 1:
+        return HEADER_SIZE + 4 * max(spec.obs_dim + 1, spec.act_dim)
+    return max(
+        batch_frame_bytes(MsgType.OBS_BATCH, spec.num_envs, spec.obs_dim),
+        batch_frame_bytes(MsgType.ACT_BATCH, spec.num_envs, spec.act_dim),
+    )
+
 # Types whose payload must be empty in this version.
 _EMPTY_TYPES = (MsgType.HELLO, MsgType.ESTOP, MsgType.CLEAR, MsgType.HEARTBEAT, MsgType.BYE)
 
-# Everything `ProtocolError.kind` can be. Decoding raises the first eight; the last two are raised
-# by the loops on both ends for well-formed messages that arrive at the wrong moment.
+# Everything `ProtocolError.kind` can be. Decoding raises the first ten; "multipart" is raised by
+# the link (policyrt/link.py) for a message of several ZeroMQ frames; the last two by the loops on
+# both ends for well-formed messages that arrive at the wrong moment.
 ERROR_KINDS = (
     "truncated",  # fewer bytes than the header, or than the header's payload_len announces
+    "seq",  # seq 0: never a sequence number (docs/PROTOCOL.md, section 6)
     "length",  # more bytes than announced, or a payload size that type can never have
     "magic",
     "version",
@@ -111,7 +126,8 @@ ERROR_KINDS = (
     "flags",  # flag bits not defined for the type
     "dims",  # OBS/ACT float count disagrees with the SPEC
     "nonfinite",  # NaN or infinity where a finite value is required
-    "spec",  # SPEC content invalid (dims, rate, bounds, JSON)
+    "spec",  # SPEC content invalid (dims, rate, bounds, JSON, frames that cannot fit MAX_FRAME_BYTES)
+    "multipart",  # a message of several ZeroMQ frames: every policyrt message is one frame
     "unexpected",  # a valid message the receiver cannot use in its current state
     "stale",  # an ACT answering an OBS other than the one outstanding
 )
@@ -198,6 +214,8 @@ def decode(
         raise ProtocolError(
             "flags", f"{mtype.name} with flags 0x{flags:04x}; allowed 0x{_FLAGS_BY_CODE[code]:04x}"
         )
+    if not seq:
+        raise ProtocolError("seq", f"{mtype.name} with seq 0 (0 is never a sequence number)")
     if n != HEADER_SIZE + plen:
         kind = "truncated" if n < HEADER_SIZE + plen else "length"
         raise ProtocolError(
@@ -228,6 +246,12 @@ def decode(
             spec, values = decode_spec_payload(frame, HEADER_SIZE, plen)
         except SpecError as exc:
             raise ProtocolError("spec", str(exc)) from None
+        if data_frame_bytes(spec) > MAX_FRAME_BYTES:
+            raise ProtocolError(
+                "spec",
+                f"SPEC obs_dim={spec.obs_dim} act_dim={spec.act_dim} num_envs={spec.num_envs} makes "
+                f"{data_frame_bytes(spec)}-byte data frames; receivers take at most {MAX_FRAME_BYTES}",
+            )
         return Message(mtype, flags, seq, ack, ts, episode, step, values, spec)
     if plen:  # HELLO, ESTOP, CLEAR, HEARTBEAT, BYE
         raise ProtocolError("length", f"{mtype.name} must have an empty payload, has {plen} bytes")

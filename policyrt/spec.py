@@ -59,7 +59,7 @@ def encode_spec_payload(spec: Spec) -> bytes:
     info.update(robot=spec.robot, obs_names=list(spec.obs_names), act_names=list(spec.act_names))
     if spec.num_envs != 1:  # absent for one environment: a classic SPEC stays byte-identical
         info["num_envs"] = int(spec.num_envs)
-    return floats.tobytes() + json.dumps(info, separators=(",", ":")).encode("utf-8")
+    return floats.tobytes() + json.dumps(info, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
 def decode_spec_payload(frame, offset: int, plen: int) -> tuple[Spec, np.ndarray]:
@@ -98,11 +98,16 @@ def decode_spec_payload(frame, offset: int, plen: int) -> tuple[Spec, np.ndarray
     return spec, values
 
 
+def _refuse_constant(name: str):
+    """json.loads accepts NaN, Infinity and -Infinity, which are not JSON (RFC 8259): refuse them."""
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def _decode_text(text: bytes, obs_dim: int, act_dim: int) -> dict:
     if not text:
         return {}
     try:
-        info = json.loads(text.decode("utf-8"))
+        info = json.loads(text.decode("utf-8"), parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         raise SpecError(f"SPEC text is not UTF-8 JSON: {exc}") from None
     if not isinstance(info, dict):

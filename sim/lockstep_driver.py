@@ -36,6 +36,7 @@ from .robot import (
     check_layout,
     episodes_line,
     finish,
+    limits_line,
     make_env,
     spec_for_env,
 )
@@ -63,6 +64,8 @@ class ServeResult:
     num_envs: int = 1
     seeding: str = "first"
     session_s: float = 0.0  # from the first OBS sent to the stop: steps / session_s is steps/s
+    clamped_actions: int = 0  # applied actions outside the announced bounds, clamped to them
+    nonfinite_steps: int = 0  # steps whose observation or reward was not finite: episode cut
 
     @property
     def returns(self) -> list[float]:
@@ -142,6 +145,8 @@ def serve(
         num_envs=num_envs,
         seeding=seeding,
         session_s=round(session_s, 6),
+        clamped_actions=robot.clamped_actions,
+        nonfinite_steps=robot.nonfinite_steps,
     )
     return finish(result, results_path)
 
@@ -269,6 +274,7 @@ def format_result(result: ServeResult) -> str:
     envs = f" x {result.num_envs} environments" if result.num_envs > 1 else ""
     lines = [f"{result.env_id}{envs}: stopped: {result.stop_reason} ({result.detail}); {result.steps} steps"]
     lines += episodes_line(result.returns, result.aborted_episodes)
+    lines += limits_line(result)
     errs = ", ".join(f"{k}={v}" for k, v in sorted(result.errors.items())) or "none"
     lines.append(f"protocol errors: {errs}; e-stops: {result.estops}")
     lines.append(format_table(result.timing))

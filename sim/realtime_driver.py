@@ -41,7 +41,7 @@ from policyrt.stopping import STOP, StopRequest
 from policyrt.stream import open_session_link, open_stream_link
 from policyrt.timing import StageTimes
 
-from .robot import ENDED, EpisodeStats, SimRobot, episodes_line, finish, make_env, spec_for_env
+from .robot import ENDED, EpisodeStats, SimRobot, episodes_line, finish, limits_line, make_env, spec_for_env
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,8 @@ class RealtimeServeResult:
     act_lag: dict[str, float]  # steps between an OBS and the ACT answering it (p50/p99/max)
     jitter: dict[str, float]  # tick-start jitter of the server's own scheduler, us
     timing: dict[str, dict[str, float]]
+    clamped_actions: int = 0  # ACTs outside the announced bounds, applied clamped to them
+    nonfinite_steps: int = 0  # steps whose observation or reward was not finite: episode cut
 
     @property
     def returns(self) -> list[float]:
@@ -157,6 +159,8 @@ def serve_realtime(
         act_lag=driver.lag_summary(),
         jitter=driver.sched.jitter_summary(),
         timing=driver.times.summary(),
+        clamped_actions=robot.clamped_actions,
+        nonfinite_steps=robot.nonfinite_steps,
     )
     return finish(result, results_path)
 
@@ -268,6 +272,7 @@ class RealtimeDriver:
             if msg.ack == self.terminal_seq:
                 continue  # answers the end of an episode: alive, but nothing to apply
             self.latest[:] = msg.values
+            self.robot.clamp(self.latest)  # on receipt: a held ACT is counted once
             self.act_estop = bool(msg.flags & _ESTOP)
             self.fresh_act = True
 
@@ -361,6 +366,7 @@ def format_realtime_result(result: RealtimeServeResult) -> str:
         f"{result.steps} steps"
     ]
     lines += episodes_line(result.returns, result.aborted_episodes)
+    lines += limits_line(result)
     lines.append(
         f"ACTs: {result.acts} received, {result.held_steps} steps held the previous one, "
         f"{result.safe_steps} safe steps ({result.safe_events} time(s) gone safe), "

@@ -13,6 +13,12 @@ next tick its action is ignored -- it is no environment step -- and the slot eit
 episode (a RESET row, reward 0) or, once every requested episode has been handed out, goes IDLE.
 This is the terminal-observation rule of protocol version 2 (docs/PROTOCOL.md, section 5).
 
+Limits, as a robot's driver enforces them: every applied action is clamped to the bounds the robot
+announced in its SPEC (counted: `clamped_actions`; values up to 3.4e38 never reach MuJoCo), and no
+non-finite value is ever sent: a step whose observation or reward does not fit a float32 (NaN,
+infinity, or a float64 beyond 3.4e38) ends that episode as TRUNCATED with the last finite
+observation and reward 0 (counted: `nonfinite_steps`, logged once); the next tick resets it.
+
 Episodes are numbered over the whole run. Exactly `episodes` are started, so none is lost or
 counted twice; a controller that starts over abandons the running ones, and their numbers are
 played again (with their seeds, under 'episode' seeding) before new ones.
@@ -48,6 +54,7 @@ _RESET, _IDLE = int(SlotFlag.RESET), int(SlotFlag.IDLE)
 _TERMINATED, _TRUNCATED = int(SlotFlag.TERMINATED), int(SlotFlag.TRUNCATED)
 ENDED = _TERMINATED | _TRUNCATED
 _WORK_NONE, _WORK_STEP, _WORK_RESET = 0, 1, 2
+_F32_MAX = float(np.finfo(np.float32).max)  # a larger float64 becomes infinity on the wire
 
 
 def episode_seed(seed: int, episode: int) -> int:
@@ -67,6 +74,8 @@ class EpisodeStats:
     truncated: bool
     slot: int = 0  # which environment ran it (0 for a single-environment robot)
     seed: int | None = None  # the reset seed; None where the episode continued the RNG
+    clamped_actions: int = 0  # actions outside the announced bounds, applied clamped to them
+    nonfinite_cut: bool = False  # ended (TRUNCATED) because a step's observation or reward was not finite
 
 
 def check_layout(num_envs: int, seeding: str, episodes: int | None) -> None:
@@ -123,6 +132,7 @@ class _Running:
     seed: int | None
     ep_return: float = 0.0
     length: int = 0
+    clamped: int = 0
 
 
 class SimRobot:
@@ -159,8 +169,12 @@ class SimRobot:
         self.actions = np.zeros((n, *shape), dtype)  # applied this tick
         self._actions_flat = self.actions.reshape(-1)  # a view: one copy of a message's values
         low, high = spec.bounds()
+        self._low, self._high = low.astype(dtype), high.astype(dtype)  # what clamp() enforces
         # The robot's safe action (e-stop, silent controller): zero, or the bound nearest to it.
         self.safe_action = np.clip(np.zeros(spec.act_dim), low, high).reshape(shape)
+        self.clamped_actions = 0  # applied actions that were outside the bounds (clamped)
+        self.nonfinite_steps = 0  # steps whose observation or reward was not finite (episode cut)
+        self._cut = [False] * n  # this tick's step of the slot was not finite (set by _env_work)
         self.running: list[_Running | None] = [None] * n
         self.episodes: list[EpisodeStats] = []  # completed, in the order they ended
         self.aborted = self.steps = 0
@@ -218,6 +232,7 @@ class SimRobot:
             self.actions[:] = self.safe_action
         else:
             self._actions_flat[:] = actions.reshape(-1)
+            self.clamp(self.actions, in_step=True)
         n = self.num_envs
         if self._pool is None:
             self._env_work(0, n)
@@ -229,6 +244,31 @@ class SimRobot:
         for i, slot_work in enumerate(work):
             if slot_work == _WORK_STEP:
                 self._account_step(i)
+
+    def clamp(self, actions: np.ndarray, in_step: bool = False) -> int:
+        """Clamp `actions` (one row per slot, in place) into the announced bounds, as a robot's
+        driver does; count the rows that were outside and are applied: in `step`, the slots that
+        step this tick (an answer to a terminal row is ignored); otherwise (the real-time driver
+        clamps its slot's ACT on receipt) the slots running an episode. Returns that count."""
+        rows = actions.reshape(self.num_envs, -1)
+        low, high = self._low, self._high
+        if ((rows >= low) & (rows <= high)).all():  # the usual case: two comparisons, no counting
+            return 0
+        outside = np.flatnonzero(~((rows >= low) & (rows <= high)).all(axis=1))
+        np.clip(rows, low, high, out=rows)
+        counted = 0
+        for i in outside.tolist():
+            run = self.running[i]
+            if run is not None and (not in_step or self._work[i] == _WORK_STEP):
+                run.clamped += 1
+                counted += 1
+        if counted and not self.clamped_actions:
+            log.warning(
+                "an action outside the announced bounds (low %s, high %s) was clamped to them; "
+                "further ones are only counted", low.tolist(), high.tolist(),
+            )
+        self.clamped_actions += counted
+        return counted
 
     # ---- slots -------------------------------------------------------------------------------
 
@@ -261,7 +301,12 @@ class SimRobot:
 
     def _reset_env(self, i: int) -> None:
         obs, _ = self.envs[i].reset(seed=self.running[i].seed)
-        self.obs[i] = np.ravel(obs)
+        if _fits_float32(obs):
+            self.obs[i] = np.ravel(obs)
+        else:  # an environment bug; there is no earlier observation of this episode to send
+            log.warning("episode %d: the environment reset to a non-finite observation: sending zeros",
+                        self.running[i].index)
+            self.obs[i] = 0.0
 
     def _env_work(self, lo: int, hi: int) -> None:
         """Resets and steps of slots lo..hi-1; each writes only its own rows."""
@@ -269,14 +314,21 @@ class SimRobot:
         for i in range(lo, hi):
             if work[i] == _WORK_STEP:
                 obs, reward, terminated, truncated, _ = self.envs[i].step(self.actions[i])
-                self.obs[i] = obs if obs.ndim == 1 else np.ravel(obs)
-                self.rewards[i] = reward
-                self.flags[i] = (_TERMINATED if terminated else 0) | (_TRUNCATED if truncated else 0)
+                if abs(reward) <= _F32_MAX and _fits_float32(obs):  # (False for NaN too)
+                    self.obs[i] = obs if obs.ndim == 1 else np.ravel(obs)
+                    self.rewards[i] = reward
+                    self.flags[i] = (_TERMINATED if terminated else 0) | (_TRUNCATED if truncated else 0)
+                else:  # never sent: the episode ends here, on its last finite observation
+                    self.rewards[i] = 0.0
+                    self.flags[i] = _TRUNCATED
+                    self._cut[i] = True
             elif work[i] == _WORK_RESET:
                 self._reset_env(i)
 
     def _account_step(self, i: int) -> None:
         run = self.running[i]
+        if self._cut[i]:
+            self._count_nonfinite(i, run)
         run.length += 1
         run.ep_return += self.rewards.item(i)
         self.steps += 1
@@ -284,17 +336,34 @@ class SimRobot:
         if self.flags.item(i) & ENDED:
             self._end_episode(i, run)
 
+    def _count_nonfinite(self, slot: int, run: _Running) -> None:
+        self.nonfinite_steps += 1
+        if self.nonfinite_steps == 1:
+            log.warning(
+                "episode %d, step %d: the environment returned a non-finite observation or reward "
+                "(or one beyond float32); the episode ends there as truncated, on its last finite "
+                "observation, and is reset. Further ones are only counted",
+                run.index, run.length + 1,
+            )
+
     def _end_episode(self, slot: int, run: _Running) -> None:
         self.running[slot] = None
         flags = int(self.flags[slot])
+        cut, self._cut[slot] = self._cut[slot], False
         stats = EpisodeStats(
-            run.index, run.ep_return, run.length, bool(flags & _TERMINATED), bool(flags & _TRUNCATED), slot, run.seed
+            run.index, run.ep_return, run.length, bool(flags & _TERMINATED), bool(flags & _TRUNCATED), slot, run.seed,
+            run.clamped, cut,
         )
         self.episodes.append(stats)
         where = f" (slot {slot})" if self.num_envs > 1 else ""
         log.info("episode %d%s: return %.2f over %d steps", run.index, where, run.ep_return, run.length)
         if self.on_episode is not None:
             self.on_episode(stats)
+
+
+def _fits_float32(values) -> bool:
+    """Every value finite and within float32 (NaN compares False)."""
+    return bool(np.abs(values).max() <= _F32_MAX)
 
 
 # ---- results: what both drivers report the same way ------------------------------------------
@@ -306,6 +375,16 @@ def finish(result, results_path: str | Path | None):
     if results_path is not None:
         Path(results_path).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     return result
+
+
+def limits_line(result) -> list[str]:
+    """The summary's line on the robot's limits (none when nothing was clamped or cut)."""
+    if not (result.clamped_actions or result.nonfinite_steps):
+        return []
+    return [
+        f"limits: {result.clamped_actions} action(s) outside the announced bounds clamped; "
+        f"{result.nonfinite_steps} non-finite step(s) cut (episode truncated)"
+    ]
 
 
 def episodes_line(returns: list[float], aborted: int) -> list[str]:

@@ -226,3 +226,31 @@ def test_run_and_estop_refuse_endpoints_off_loopback_without_keys(args, needle, 
     assert main(args) == 2
     err = capsys.readouterr().err
     assert needle in err and "--insecure" in err
+
+
+def test_key_directories_are_private_whatever_the_umask(tmp_path):
+    """Under `umask 000` mkdir makes 0777 directories: any local user could then add an authorized
+    client key or swap server.key. Every directory written is 0700, every secret 0600."""
+    key_dir = tmp_path / "deploy" / "keys"
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os, sys; os.umask(0); from policyrt.cli import main; sys.exit(main(sys.argv[1:]))",
+         "keys", "generate", str(key_dir)],
+        capture_output=True, text=True, env=python_env(), timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for d in (tmp_path / "deploy", key_dir, key_dir / "authorized_clients"):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
+    for name in ("server", "client"):
+        assert stat.S_IMODE((key_dir / f"{name}.key_secret").stat().st_mode) == 0o600
+        assert stat.S_IMODE((key_dir / f"{name}.key").stat().st_mode) == 0o644
+    assert stat.S_IMODE((key_dir / "authorized_clients" / "client.key").stat().st_mode) == 0o644
+
+
+def test_an_existing_key_directory_others_can_write_is_refused_in_one_line(tmp_path, capsys):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    assert main(["keys", "generate", str(shared)]) == 2
+    err = capsys.readouterr().err
+    assert "writable by other users (mode 0777)" in err and f"chmod go-w {shared}" in err
+    assert len(err.strip().splitlines()) == 1 and not list(shared.iterdir())

@@ -47,6 +47,7 @@ def handle(args: argparse.Namespace) -> int:
     import zmq
 
     from policyrt.controllers.auth import AuthError, check_endpoint
+    from policyrt.link import limit_message_size
     from policyrt.protocol import Encoder, MsgType
 
     try:  # the loopback policy (docs/DAEMON.md, "Keys")
@@ -79,6 +80,7 @@ def handle(args: argparse.Namespace) -> int:
     sock.setsockopt(zmq.IMMEDIATE, 1)
     sock.setsockopt(zmq.SNDTIMEO, timeout_ms)
     sock.setsockopt(zmq.LINGER, timeout_ms)
+    limit_message_size(sock)  # it only sends, but ZeroMQ reads whatever the robot sends it
     if curve is not None:
         curve.configure(sock, bind=False, context=ctx)
     try:

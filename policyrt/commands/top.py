@@ -77,10 +77,13 @@ def render(snap: dict) -> str:
 def handle(args: argparse.Namespace) -> int:
     import zmq
 
+    from policyrt.link import limit_message_size
+
     count = 1 if args.once else args.count
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
+    limit_message_size(sock)  # a snapshot is a few KiB; a peer must not make us allocate more
     sock.setsockopt(zmq.SUBSCRIBE, b"")
     sock.setsockopt(zmq.RCVTIMEO, max(0, int(args.timeout * 1000)))
     sock.connect(args.endpoint)
