@@ -58,8 +58,8 @@ class DTStep(nn.Module):
         )
         timestep = torch.cat([timestep[:, 1:] * keep_i.unsqueeze(-1), new_t.unsqueeze(-1)], dim=1)
         placeholder = torch.zeros_like(prev_action).unsqueeze(1)
-        if k == 1:
-            action = placeholder
+        if k == 1:  # the window is the new step alone. expand_as reads state.action's shape, which keeps that
+            action = placeholder.expand_as(action)  # input in the graph: the exporter drops unused inputs
         else:  # the applied previous action lands in the slot before the new one
             previous = (prev_action * keep_f.unsqueeze(-1)).unsqueeze(1)
             action = torch.cat([action[:, 1:-1] * keep_f[:, None, None], previous, placeholder], dim=1)

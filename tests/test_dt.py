@@ -167,3 +167,31 @@ def test_unsupported_activation_is_named(tmp_path):
     hf_model(activation_function="silu").save_pretrained(tmp_path / "model")
     with pytest.raises(ImportRefused, match="activation_function 'silu' not supported"):
         import_hf_dt(tmp_path / "model", {"context": K, "return_scale": 10.0, "target_return": 40.0})
+
+
+def test_native_dt_with_context_1_exports_and_passes_parity(tmp_path):
+    """K=1: the window is the new step alone, state.action is never read, and the exporter used to drop it."""
+    from conftest import tiny_dt_policy
+
+    from policyrt.export.bundle_export import export_policy
+
+    policy = tiny_dt_policy(context=1)
+    doc = {"kind": "dt", "config": policy.config.to_dict(), "commands": ["(test: random weights, K=1)"]}
+    out = export_policy(policy, doc, tmp_path / "random", tmp_path / "k1.policy", progress=lambda *_: None)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {s["name"]: s["shape"] for s in manifest["state"]}["action"] == [1, 2]
+    assert manifest["parity"]["onnxruntime"]["action_max_abs"] <= 1e-5
+
+
+def test_hf_import_with_context_1_equals_hf_forward(tmp_path, stats):
+    model = hf_model(seed=2)
+    model.save_pretrained(tmp_path / "model")
+    np.save(tmp_path / "mean.npy", stats[0])
+    np.save(tmp_path / "std.npy", stats[1])
+    out = tmp_path / "k1.policy"
+    assert main(["export", "--from", "hf-dt", str(tmp_path / "model"), "--context", "1", "--return-scale", "10",
+                 "--target-return", "40", "--obs-mean", str(tmp_path / "mean.npy"), "--obs-std",
+                 str(tmp_path / "std.npy"), "--out", str(out)]) == 0
+    reference = ReferenceDT(model, OBS, ACT, 1, 10.0, MAX_EP, *stats)
+    worst = closed_rollout(policyrt.load(out), reference, 200, {0, 90}, np.random.default_rng(2))
+    assert worst <= 1e-5
