@@ -93,15 +93,16 @@ def make_episode_recorder(settings: ControllerSettings, command: str):
 def build_controller(settings: ControllerSettings, *, command: str = "", stop: StopRequest = STOP):
     """The RealtimeController of `settings`: endpoints checked first (a refused one fails before
     a bundle loads), then the bundle's session with one slot per robot, then the controller around
-    it (`controller.session`). command: the command line recorded into an episode dataset. stop:
-    the request the loop reads every tick (SIGINT, SIGTERM, stop.request()), so no watcher thread
-    is needed to end it."""
+    it (`controller.session`), warmed up (a session that cannot step raises the core's
+    InferenceFailed here, a RuntimeError, before any robot is contacted). command: the command
+    line recorded into an episode dataset. stop: the request the loop reads every tick (SIGINT,
+    SIGTERM, stop.request()), so no watcher thread is needed to end it."""
     from policyrt.controllers.realtime_loop import RealtimeController
 
     curve = check_endpoints(settings)
     session = load_session(settings)
     try:
-        return RealtimeController(
+        controller = RealtimeController(
             session,
             list(settings.robots),
             loop_config(settings, session.manifest),
@@ -111,6 +112,8 @@ def build_controller(settings: ControllerSettings, *, command: str = "", stop: S
             episodes=make_episode_recorder(settings, command),
             stop=stop,
         )
+        controller.warm_up()
+        return controller
     except BaseException:
         session.close()
         raise

@@ -75,6 +75,16 @@ def positive(value) -> float:
     return x
 
 
+def non_negative(value) -> float:
+    try:
+        x = number(value)
+    except Invalid:
+        x = -1.0
+    if x < 0:
+        raise Invalid("a number >= 0 (0: off)")
+    return x
+
+
 def int_range(lo: int, hi: int, allowed: str | None = None) -> Callable[[Any], int]:
     def check(value) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:

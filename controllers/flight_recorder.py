@@ -1,11 +1,12 @@
 """Flight recorder: the last N ticks of a real-time controller, written to disk when it matters.
 
 Every tick copies its observation, the policy's raw action, the action sent, the ACT flags, the
-fault bits and the stage timings from the controller's tick record (controllers/core.py) into ring
+fault bits, the rows whose policy state was reset after a non-finite action, and the stage timings from the controller's tick record (controllers/core.py) into ring
 buffers allocated once (`on_start`), so recording costs a handful of small copies and allocates
 nothing. A dump is requested
 
-- by a fault: an e-stop latching, a non-finite policy output, or a burst of deadline misses
+- by a fault: an e-stop latching, a non-finite policy output (its row's state is reset), an
+  observation outside the bundle's recorded range, or a burst of deadline misses
   (`miss_burst` misses within `miss_window` ticks). The dump waits `post_ticks` more ticks, so
   the file shows what happened after the fault as well as before; automatic dumps are at most one
   per half ring, so a policy that emits NaN on every other tick cannot fill the disk;
@@ -36,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from policyrt.controllers.safety import ESTOP, NONFINITE, REASONS
+from policyrt.controllers.safety import ESTOP, NONFINITE, OBS_RANGE, REASONS
 
 _ESTOP_REASON = REASONS[ESTOP]
 
@@ -88,6 +89,7 @@ class FlightRecorder:
         self.flags = np.zeros((n, b), np.uint32)
         self.faults = np.zeros((n, b), np.uint8)
         self.active = np.zeros((n, b), bool)
+        self.state_reset = np.zeros((n, b), bool)
         self.stages = np.zeros((n, len(run.stages)), np.int64)
         self._stage_names = run.stages
         self._writer = threading.Thread(target=self._write_loop, name="flight-recorder", daemon=True)
@@ -129,6 +131,7 @@ class FlightRecorder:
         self.flags[i] = record.act_flags
         self.faults[i] = record.faults
         self.active[i] = record.live
+        self.state_reset[i] = record.state_reset
         self.stages[i] = record.stage_ns
         self.count += 1
         onsets = record.fault_onsets
@@ -136,6 +139,8 @@ class FlightRecorder:
             self._estop(tick)
         elif onsets & NONFINITE:
             self._fault(REASONS[NONFINITE], tick)
+        elif onsets & OBS_RANGE:
+            self._fault(REASONS[OBS_RANGE], tick)
         if self._signalled:
             reason = self._signalled if isinstance(self._signalled, str) else "sigusr1"
             self._signalled = False
@@ -180,6 +185,7 @@ class FlightRecorder:
             "act_flags": self.flags[order],
             "faults": self.faults[order],
             "active": self.active[order],
+            "state_reset": self.state_reset[order],
             "stage_ns": self.stages[order],
             "events": run.fault_events(),
         }

@@ -4,7 +4,8 @@ The robot side (sim server or robot bridge) binds; this driver connects, says HE
 robot's SPEC against the bundle, then answers every OBS (one environment) or OBS_BATCH (P > 1, one
 row per environment "slot") through the control core (controllers/core.py) with a safety chain
 of zero delay: clip to the bounds both sides agree on, the zero action (clipped into the bounds)
-for a non-finite output or while the robot's e-stop is latched, no stale or deadline faults.
+for a non-finite output, an observation outside the bundle's recorded range (`obs_range_factor`,
+the core's observation guard) or while the robot's e-stop is latched, no stale or deadline faults.
 
 Rows (protocol version 2, docs/PROTOCOL.md section 9, the same rule for every P): a RESET row
 resets only that slot of the session; a terminal row (TERMINATED/TRUNCATED) closes that slot's
@@ -18,7 +19,9 @@ run ends on the requested number of episodes (BYE instead of the last answer), t
 the robot falling silent for `robot_timeout_s`, or a stop request (SIGINT/SIGTERM through
 policyrt.stopping.STOP, within one tick or at once in a receive: BYE, then the result). The BYE
 is sent in one place, `run_lockstep`, with session_control.send_final_bye (a Link closes with
-LINGER 0, which would drop it still queued).
+LINGER 0, which would drop it still queued). A session step that raises ends the run too: the
+OBS it was stepping for is answered with the safe action flagged FALLBACK, then BYE, and
+run_lockstep raises the core's InferenceFailed (one line: the bundle and the reason).
 
 Board-side module: standard library, numpy and pyzmq only, Python 3.10.
 """
@@ -33,9 +36,9 @@ from typing import Any
 import numpy as np
 import zmq
 
-from policyrt.controllers.core import ControlCore, SpecMismatchError, check_spec
+from policyrt.controllers.core import ControlCore, InferenceFailed, SpecMismatchError, check_spec
 from policyrt.controllers.results import EpisodeSummary, LockstepResult
-from policyrt.controllers.safety import ESTOP, SafetyChain
+from policyrt.controllers.safety import ACT_FALLBACK, ESTOP, SafetyChain
 from policyrt.link import Link
 from policyrt.protocol import Encoder, ErrorTally, MsgType, ProtocolError, SlotFlag
 from policyrt.session_control import Control, SessionControl, send_final_bye
@@ -94,6 +97,7 @@ def run_lockstep(
     context: zmq.Context | None = None,
     make_session: Callable[[int], Any] | None = None,
     stop: StopRequest = STOP,
+    obs_range_factor: float = 0.0,
 ) -> LockstepResult:
     """Control the robot at `connect` with `session` until `episodes` episodes ended (None: until
     the robot leaves), the robot is silent for `robot_timeout_s`, or `stop` is requested.
@@ -101,8 +105,10 @@ def run_lockstep(
     spin_us: busy-poll this long for the next OBS before blocking; trades a CPU core for the
     tens of microseconds a blocking wake-up costs. make_session(batch_size): called when the
     robot announces a number of environments other than `session.batch_size` (without it, that
-    is a SpecMismatchError). Raises SpecMismatchError when the robot's SPEC does not fit
-    `session.manifest`, TimeoutError when no SPEC arrives within robot_timeout_s.
+    is a SpecMismatchError). obs_range_factor: the observation guard's (controllers/core.py; 0 off).
+    Raises SpecMismatchError when the robot's SPEC does not fit `session.manifest`, TimeoutError
+    when no SPEC arrives within robot_timeout_s, InferenceFailed when a session step raised (the
+    robot got the safe action and BYE).
     """
     errors = ErrorTally(log, "controller")
     with Link(connect, bind=False, context=context, stop=stop) as link:
@@ -122,7 +128,7 @@ def run_lockstep(
                 spec.act_dim,
                 f", {spec.num_envs} environments" if spec.num_envs > 1 else "",
             )
-            driver = LockstepDriver(session, link, low, high, errors, spin_us, stop)
+            driver = LockstepDriver(session, link, low, high, errors, spin_us, stop, obs_range_factor)
             gc.collect()
             gc.freeze()  # the objects alive now are never garbage: keep collections off their backs
             try:
@@ -143,6 +149,8 @@ def run_lockstep(
         errors=dict(errors.counts),
         fallbacks=chain.fallback_ticks,
         nonfinite_actions=chain.counts["nonfinite"],
+        obs_range_fallbacks=chain.counts["obs_range"],
+        state_resets=driver.core.state_resets,
         timing=driver.times.summary(),
         spec=spec,
         num_envs=spec.num_envs,
@@ -182,10 +190,11 @@ def _session_for(spec: Spec, session, make_session, endpoint: str):
 class LockstepDriver:
     """The receive/answer loop around a ControlCore of the robot's batch size."""
 
-    def __init__(self, session, link: Link, low, high, errors: ErrorTally, spin_us: int, stop: StopRequest):
+    def __init__(self, session, link: Link, low, high, errors: ErrorTally, spin_us: int, stop: StopRequest,
+                 obs_range_factor: float = 0.0):
         batch = session.batch_size
         chain = SafetyChain(low, high, batch=batch, fallback="zero")
-        self.core = ControlCore(session, chain, STAGES)
+        self.core = ControlCore(session, chain, STAGES, obs_range_factor=obs_range_factor)
         self.link, self.errors, self.stop = link, errors, stop
         self.spin_ns = max(0, int(spin_us * 1000))
         self.frames = (SingleFrames if batch == 1 else BatchFrames)(self.core.record, len(low))
@@ -238,7 +247,13 @@ class LockstepDriver:
             bits |= _RESET
         estop = self.control.estop
         rec.faults.fill(ESTOP if estop else 0)  # the chain adds its own bits in place each tick
-        actions = core.tick(reset_any=bits & _RESET != 0, run_policy=not estop, faulted=estop)
+        try:
+            actions = core.tick(reset_any=bits & _RESET != 0, run_policy=not estop, faulted=estop)
+        except InferenceFailed:
+            # The robot waits for this answer: the safe action, then BYE (run_lockstep), not silence.
+            safe_flags = np.full(len(rec.live), ACT_FALLBACK, np.uint32)
+            self.link.send(self.frames.answer(msg, core.chain.safe, safe_flags))
+            raise
         t_infer, t_filter = core.t_infer, core.t_filter
         self.link.send(self.frames.answer(msg, actions, rec.act_flags))
         t_sent = now_ns()

@@ -10,11 +10,16 @@ Each tick, at its absolute deadline (policyrt/scheduler.py):
    same observation again (sample-and-hold, like any sampled controller: the policy's time base
    is the controller's rate) and a reward of 0, so no reward is counted twice.
 3. **filter** -- the SafetyChain (controllers/safety.py). A slot falls back when its newest
-   observation is older than `stale_after_s`, when inference ended after the tick's deadline
-   (the start of the next tick), when the action is non-finite, or while its e-stop is latched.
+   observation is older than `stale_after_s` or outside the bundle's recorded range (the core's
+   observation guard, `obs_range_factor`), when inference ended after the tick's deadline (the
+   start of the next tick), when the action is non-finite (its policy state is then reset), or
+   while its e-stop is latched.
 4. **send** -- one ACT per robot owed one, on the conflated stream link.
 
-Steps 2 and 3 are the control core's tick (controllers/core.py), the same as lockstep's. Observers
+Steps 2 and 3 are the control core's tick (controllers/core.py), the same as lockstep's. An
+exception from the session step is a fallback tick (counted in `infer_errors`); one during the
+warm-up before the first tick (`warm_up()`, which controllers/build.py calls when it builds the
+controller) raises the core's InferenceFailed, before any robot is contacted. Observers
 (flight recorder, episode recorder, telemetry) get the core's tick record after each tick.
 
 E-stops are per robot: an ESTOP on a robot's session link latches that slot's fallback (flagged
@@ -104,7 +109,9 @@ class RealtimeController:
         self.errors = ErrorTally(log, "real-time controller")
         low, high = manifest_bounds(manifest)
         self.safety = SafetyChain(low, high, batch=self.batch, fallback=config.fallback, max_delta=config.max_delta)
-        self.core = ControlCore(session, self.safety, STAGES, contain_errors=True)
+        self.core = ControlCore(session, self.safety, STAGES, contain_errors=True,
+                                obs_range_factor=config.obs_range_factor)
+        self._warmed_up = False
         self.record = self.core.record
         self.scheduler = TickScheduler(config.rate_hz, spin_us=config.spin_us)
         self.deadline_ns = int(config.deadline_s * 1e9) if config.deadline_s else self.scheduler.period_ns
@@ -157,6 +164,7 @@ class RealtimeController:
             "dropped_obs": sum(p.dropped_obs for p in ports),
             "repeated_obs": self.repeated_obs,
             "resets": core.resets,
+            "state_resets": core.state_resets,
             "terminal_obs": self.terminal_obs,
             "hellos": sum(p.hellos for p in ports),
             "spec_mismatches": sum(p.spec_mismatches for p in ports),
@@ -183,12 +191,21 @@ class RealtimeController:
 
     # ---- the loop ---------------------------------------------------------------------------
 
+    def warm_up(self) -> None:
+        """Step the session `config.warmup_steps` times (then reset it), once: the backend's
+        first-run allocations happen here, not at a robot's first deadline, and a session that
+        cannot step fails here (InferenceFailed), before any robot or helper thread exists."""
+        if not self._warmed_up:
+            self.core.warm_up(self.config.warmup_steps)
+            self._warmed_up = True
+
     def run(self, stop_after_s: float | None = None) -> RealtimeResult:
         """Run until the stop request, request_stop(), or `stop_after_s` seconds; then send every
         robot the safe action and BYE, and return what happened."""
         cfg = self.config
         for message in rt_settings.apply(cfg.sched_fifo_priority, cfg.cpu_affinity, cfg.lock_memory):
             log.info("%s", message)
+        self.warm_up()
         context = self._context or zmq.Context.instance()
         self.ports = [
             RobotPort(ep, i, self.session.manifest, self.errors, context=context, curve=self.curve)
@@ -196,12 +213,6 @@ class RealtimeController:
         ]
         for port in self.ports:
             self._set_stale(port)
-        try:
-            self.core.warm_up(cfg.warmup_steps)  # before any helper thread: a broken session fails here, alone
-        except BaseException:
-            for port in self.ports:
-                port.close()
-            raise
         info = self.run_info()
         for observer in self.observers:
             observer.on_start(info, self.record)

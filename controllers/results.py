@@ -37,6 +37,8 @@ class LockstepResult:
     num_envs: int = 1  # environments behind the robot's endpoint (= the session's batch size)
     env_steps: int = 0  # live observations answered (terminal and idle rows are no env step)
     stage_times: StageTimes | None = field(default=None, repr=False, compare=False)  # raw, for reports
+    obs_range_fallbacks: int = 0  # live rows whose observation left the bundle's range (guard on)
+    state_resets: int = 0  # slots whose policy state was reset after a non-finite raw action
 
     def to_dict(self) -> dict:
         return {
@@ -49,6 +51,8 @@ class LockstepResult:
             "errors": dict(self.errors),
             "fallbacks": self.fallbacks,
             "nonfinite_actions": self.nonfinite_actions,
+            "obs_range_fallbacks": self.obs_range_fallbacks,
+            "state_resets": self.state_resets,
             "timing": self.timing,
         }
 
@@ -104,7 +108,7 @@ def format_result(result: RealtimeResult) -> str:
         f"skipped ticks: {c['skipped_ticks']}",
         "fallbacks: "
         + (", ".join(f"{k}={v}" for k, v in c["fallbacks"].items() if v) or "none")
-        + f"; rate-limited: {c['rate_limited']}; e-stops: {c['estops']}",
+        + f"; rate-limited: {c['rate_limited']}; e-stops: {c['estops']}; state resets: {c['state_resets']}",
         "rejected frames: " + (", ".join(f"{k}={v}" for k, v in sorted(c["rejected"].items())) or "none"),
     ]
     j = result.jitter

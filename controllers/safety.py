@@ -9,7 +9,8 @@ Order, per robot slot and tick:
    (per dimension). The result stays inside the bounds because it lies between the clipped
    action and the last applied one, which both do.
 4. **fallback** -- a slot with any fault (`nonfinite`, `stale` observation, `deadline` missed,
-   `estop` latched) gets the fallback action instead: `hold` (the last applied action), `zero`
+   `estop` latched, `obs_range`: an observation outside the bundle's recorded range, found by the
+   control core's observation guard, controllers/core.py) gets the fallback action instead: `hold` (the last applied action), `zero`
    (zero clipped into the bounds, i.e. the bound nearest to zero), or a configured safe action
    (clipped into the bounds). A latched e-stop never holds: it always sends the safe action
    (zero or the configured one), since holding the last command is a way of continuing, not of
@@ -41,7 +42,8 @@ NONFINITE = 1
 STALE = 2
 DEADLINE = 4
 ESTOP = 8
-REASONS = {NONFINITE: "nonfinite", STALE: "stale", DEADLINE: "deadline", ESTOP: "estop"}
+OBS_RANGE = 16  # the observation left the bundle's recorded range (controllers/core.py): like STALE
+REASONS = {NONFINITE: "nonfinite", STALE: "stale", DEADLINE: "deadline", ESTOP: "estop", OBS_RANGE: "obs_range"}
 
 # ACT flag bits (docs/PROTOCOL.md section 4), repeated as plain ints for the hot path.
 ACT_FALLBACK = 1
@@ -49,6 +51,20 @@ ACT_ESTOP = 2
 
 FALLBACK_MODES = ("hold", "zero")
 LOG_FIRST, LOG_EVERY = 10, 100  # fault runs logged: the first 10 of each reason, then every 100th
+
+
+def loud(n: int) -> bool:
+    """Log the n-th run of a kind of fault? The first LOG_FIRST, then every LOG_EVERY-th: a machine
+    that misses a deadline every second must not also spend its time writing log lines. Every
+    run is still counted (and, for the chain's reasons, in the event ring)."""
+    return n <= LOG_FIRST or n % LOG_EVERY == 0
+
+
+def run_note(n: int) -> str:
+    """The suffix of the n-th run's log line, saying when lines start to be skipped."""
+    if n == LOG_FIRST:
+        return f" [run {n}; from now on only every {LOG_EVERY}th run is logged, all are counted]"
+    return f" [run {n}]" if n > LOG_FIRST else ""
 
 
 def parse_fallback(value) -> str | tuple[float, ...]:
@@ -109,7 +125,10 @@ class SafetyChain:
         self.onsets = 0  # OR of the fault bits whose run began in the last filter()
         self._flagged = False  # some flag is set: clear them before the next tick
         self._finite_cells = np.ones((batch, act_dim), bool)
-        self._finite = np.ones(batch, bool)
+        # Set by filter(): some row of `raw` was non-finite (active or not); `finite_rows` then
+        # says which rows were finite. The control core resets the others' policy state.
+        self.raw_nonfinite = False
+        self.finite_rows = np.ones(batch, bool)
         self._active_arg: np.ndarray | None = None  # the caller's `active` and its [B, 1] view
         self._active_col: np.ndarray | None = None
         self._faulty = False  # some slot had a fault last tick (its run may end now)
@@ -175,6 +194,7 @@ class SafetyChain:
         the same result, NaN included, at a third of the cost) and allocates nothing."""
         out, flags = self.out, self.flags
         self.onsets = 0
+        self.raw_nonfinite = False
         if self._flagged:
             flags.fill(0)
             self._flagged = False
@@ -202,7 +222,8 @@ class SafetyChain:
         return out
 
     def _nonfinite(self, faults: np.ndarray, active: np.ndarray) -> None:
-        finite = self._finite_cells.all(axis=1, out=self._finite)
+        self.raw_nonfinite = True
+        finite = self._finite_cells.all(axis=1, out=self.finite_rows)
         faults[~finite & active] |= NONFINITE
         idle = ~finite & ~active
         if idle.any():
@@ -247,35 +268,22 @@ class SafetyChain:
                 self._event(tick, slot, bit, 1)
                 self._run_start[slot, bit.bit_length()] = tick
                 self.runs[name] += 1
-                if self._loud(name):
+                if loud(self.runs[name]):
                     log.warning(
                         "tick %d: robot slot %d: %s -> fallback action (%s)%s",
                         tick,
                         slot,
                         name,
                         self._mode_name(),
-                        self._nth(name),
+                        run_note(self.runs[name]),
                     )
             for slot in np.flatnonzero(had & ~has):
                 self._event(tick, slot, bit, 0)
                 run = tick - self._run_start[slot, bit.bit_length()]
-                if self._loud(name):
+                if loud(self.runs[name]):
                     log.warning("tick %d: robot slot %d: %s cleared after %d tick(s)", tick, slot, name, run)
         self._active[:] = now
         self._faulty = bool(now.any())
-
-    def _loud(self, name: str) -> bool:
-        """Log the first LOG_FIRST runs of a reason, then every LOG_EVERY-th: a machine that
-        misses a deadline every second must not also spend its time writing log lines. Every
-        run is still counted and in the event ring."""
-        n = self.runs[name]
-        return n <= LOG_FIRST or n % LOG_EVERY == 0
-
-    def _nth(self, name: str) -> str:
-        n = self.runs[name]
-        if n == LOG_FIRST:
-            return f" [run {n}; from now on only every {LOG_EVERY}th run is logged, all are counted]"
-        return f" [run {n}]" if n > LOG_FIRST else ""
 
     def _mode_name(self) -> str:
         return self.mode if isinstance(self.mode, str) else "configured safe action"

@@ -81,7 +81,7 @@ def group(cls) -> Any:
 
 @dataclass(frozen=True)
 class SessionSettings:
-    """How a bundle's session is loaded; the same three flags on every command that loads one."""
+    """How a bundle's session is loaded; the same flags on every command that loads one."""
 
     backend: str = setting(
         DEFAULT_BACKEND, toml="backend", flag="--backend", check=checks.backend, text=str, shared=True,
@@ -100,6 +100,12 @@ class SessionSettings:
         help="return to command at every reset (return-conditioned policies; a lower one asks for a "
         "worse episode)",
     )
+    trust: Path | None = setting(
+        None, toml="trust", flag="--trust", check=checks.PathCheck(optional=True), text=str, shared=True,
+        metavar="DIR", default_text="no signature required",
+        help="load only a bundle signed by a public key in this trust directory (NAME.pub files from "
+        "`policyrt keys signing`; bundles are signed with `policyrt sign`)",
+    )
 
     def backend_options(self) -> dict:
         """Keyword options for runtime.load / verify_backend."""
@@ -115,7 +121,8 @@ class SessionSettings:
 
     def load(self, bundle, batch_size: int = 1):
         """The bundle's session with `batch_size` slots, commanding target_return when one is set
-        (it stays across resets)."""
+        (it stays across resets); with `trust`, a bundle no key there signed is refused
+        (policyrt.signing.UntrustedBundle) before a backend is made."""
         from policyrt.runtime import load
 
         session = load(bundle, backend=self.backend, batch_size=batch_size, **self.backend_options())
@@ -150,6 +157,13 @@ class RealtimeConfig:
         default_text="off",
         help="rate limit: largest change of an action per tick, one value or one per action dimension "
         "(0.1 or 0.1,0.2)",
+    )
+    obs_range_factor: float = setting(
+        10.0, toml="safety.obs_range_factor", flag="--obs-range-factor", check=checks.non_negative,
+        shared=True, metavar="F",
+        help="observation guard: an observation outside the bundle's recorded range (its training data's "
+        "min/max) widened F times around its center gets the fallback action, like a stale one, and the "
+        "policy sees it clipped into that box (docs/SAFETY.md); 0 = off",
     )
     deadline_s: float | None = None
     """Inference must end this long after the tick's start, or the tick's robots get the fallback.
@@ -195,6 +209,8 @@ class RealtimeConfig:
             raise ValueError(f"deadline_s must be > 0 (or None for one period), got {self.deadline_s!r}")
         if self.spin_us < 0:
             raise ValueError(f"spin_us must be >= 0, got {self.spin_us!r}")
+        if not (math.isfinite(self.obs_range_factor) and self.obs_range_factor >= 0):
+            raise ValueError(f"obs_range_factor must be a finite number >= 0 (0: off), got {self.obs_range_factor!r}")
 
     def at_bundle_rate(self, manifest) -> RealtimeConfig:
         """This config with rate_hz set: the bundle's recommended rate where none was given."""

@@ -110,7 +110,7 @@ def _run(args: argparse.Namespace, settings) -> int:
         from policyrt.commands._realtime_run import run_realtime
 
         return run_realtime(args, settings)
-    from policyrt.controllers.core import SpecMismatchError
+    from policyrt.controllers.core import InferenceFailed, SpecMismatchError
     from policyrt.controllers.lockstep import run_lockstep
     from policyrt.controllers.results import format_summary
     from policyrt.runtime import BundleError
@@ -137,7 +137,11 @@ def _run(args: argparse.Namespace, settings) -> int:
             spin_us=args.spin_us or 0,  # lockstep's default: block at once
             robot_timeout_s=args.robot_timeout,
             make_session=lambda batch: settings.session.load(settings.bundle, batch_size=batch),
+            obs_range_factor=settings.loop.obs_range_factor,
         )
+    except InferenceFailed as exc:  # the robot got the safe action and BYE
+        print(f"policyrt run: {exc}; the robot got the safe action and BYE", file=sys.stderr)
+        return 1
     except (SpecMismatchError, TimeoutError) as exc:
         print(f"policyrt run: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, SpecMismatchError) else 1

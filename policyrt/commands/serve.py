@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import sys
 
 DESCRIPTION = """\
@@ -23,8 +24,9 @@ Each key is one of the controller's settings: `policyrt run --mode realtime` tak
 as flags (`policyrt run --help`), and both are built into a controller by the same code.
 
 --check loads and checks everything (config keys, endpoints and keys, the recording directory,
-bundle, backend, parity) without connecting to a robot, and exits 0 when the daemon would start.
-docs/DAEMON.md has the details: files written, telemetry, readiness and watchdog, keys."""
+bundle, backend, parity, a warm-up step at the robots' batch) without connecting to a robot, and
+exits 0 when the daemon would start, 2 when it would not (one line: what to fix).
+docs/DAEMON.md has the details: exit codes, files written, telemetry, readiness and watchdog, keys."""
 
 EXAMPLES = """\
 examples:
@@ -70,11 +72,15 @@ def handle(args: argparse.Namespace) -> int:
         server = daemon.Daemon(cfg)
         server.install_signal_handlers()
         server.start()
-    except (ValueError, RuntimeError, ImportError, OSError) as exc:
-        # Config, keys, endpoint policy, bundle, backend, parity, loop settings: one line and
-        # exit 2, which the systemd unit does not restart (RestartPreventExitStatus=2) since a
-        # restart would fail the same way. ConfigError, AuthError and BundleError are ValueErrors.
-        print(f"policyrt serve: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - every start-up failure is exit 2 (below)
+        # Config, keys, endpoint policy, bundle, backend, parity, warm-up, loop settings: one line
+        # and exit 2, which the systemd unit does not restart (RestartPreventExitStatus=2) since a
+        # restart would fail the same way. ConfigError, AuthError and BundleError are ValueErrors,
+        # the core's InferenceFailed a RuntimeError; anything else (an ONNX Runtime error that
+        # escaped the bundle's checks) is named by its type, its traceback logged at debug level.
+        print(f"policyrt serve: {_one_line(exc)}", file=sys.stderr)
+        if not isinstance(exc, (ValueError, RuntimeError, ImportError, OSError)):
+            logging.getLogger("policyrt.daemon").debug("start-up failed", exc_info=exc)
         return 2
     # From here on a failure is a traceback and exit 1: systemd restarts the daemon.
     from policyrt.session_control import release_global_context
@@ -85,19 +91,36 @@ def handle(args: argparse.Namespace) -> int:
         release_global_context()  # the final BYE leaves before the process exits
 
 
+def _one_line(exc: BaseException) -> str:
+    """The exception's first line; a type the start-up does not expect is named (`Fail: ...`)."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    if isinstance(exc, (ValueError, RuntimeError, ImportError, OSError)):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text} (--verbose logs the traceback)"
+
+
 def _check(cfg, daemon) -> int:
     from policyrt.controllers import build
+    from policyrt.controllers.core import ControlCore, describe_obs_guard, manifest_bounds
+    from policyrt.controllers.realtime_loop import STAGES
+    from policyrt.controllers.safety import SafetyChain
 
     build.check_endpoints(cfg)
     build.check_recording(cfg)
     session = build.load_session(cfg)
     try:
-        rate = build.loop_config(cfg, session.manifest).rate_hz
+        config = build.loop_config(cfg, session.manifest)
         report = daemon.verify_bundle(session.bundle, cfg.session)
+        # The session the daemon would run, stepped as its warm-up steps it: a graph that fails at
+        # the robots' batch fails here (InferenceFailed), not in the running daemon.
+        chain = SafetyChain(*manifest_bounds(session.manifest), batch=session.batch_size)
+        ControlCore(session, chain, STAGES).warm_up(config.warmup_steps)
     finally:
         session.close()
     print(
-        f"{cfg.origin}: OK -- {len(cfg.robots)} robot(s) at {rate:g} Hz, bundle {cfg.bundle} on "
-        f"{session.backend_name} (parity {report.steps} steps passed)"
+        f"{cfg.origin}: OK -- {len(cfg.robots)} robot(s) at {config.rate_hz:g} Hz, bundle {cfg.bundle} on "
+        f"{session.backend_name} (parity {report.steps} steps passed; "
+        f"{describe_obs_guard(session.manifest, config.obs_range_factor)})"
     )
     return 0
