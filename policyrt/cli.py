@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         lint,
         run,
         serve,
+        sign,
         sim_serve,
         top,
         train,
@@ -79,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim_commands = sim.add_subparsers(dest="sim_command", required=True, metavar="SIM_COMMAND")
     collect.add_parser(sim_commands)
     sim_serve.add_parser(sim_commands)
-    for module in (train, export, info, lint, build_engine, verify, compare, run, eval, bench, demo, keys, serve, estop, top):
+    for module in (train, export, info, lint, build_engine, sign, verify, compare, run, eval, bench, demo, keys, serve,
+                   estop, top):
         module.add_parser(commands)
     return parser
 

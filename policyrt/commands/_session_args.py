@@ -1,11 +1,13 @@
 """Command-line flags generated from the controller's settings schema (controllers/settings.py), and
-the one session argument group: --backend, --threads, --target-return.
+the one session argument group: --backend, --threads, --target-return, --trust.
 
 Each flag's name, help, default and check come from its setting, so `policyrt run --rate -5` is
 refused with the same "expected a number > 0" that `rate_hz = -5` gets in the daemon's file. A
 flag left out is None (False for a switch) on the namespace, and the setting keeps its default:
 `values_from_args` returns only what was given. Commands: run, eval, bench, verify, compare and
-demo take the session group; run also the real-time flags (commands/_realtime_args.py).
+demo take the session group; run also the real-time flags (commands/_realtime_args.py). --trust
+is checked where the session loads (SessionSettings.load: run, compare, serve), first thing in
+verify, and by `untrusted` in the commands whose sessions load in child processes.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import argparse
 from policyrt.controllers.checks import Invalid
 from policyrt.controllers.settings import DEFAULTS, SETTINGS, SessionSettings, Setting, assemble
 
-SESSION = ("session.backend", "session.threads", "session.target_return")
+SESSION = ("session.backend", "session.threads", "session.target_return", "session.trust")
 
 
 def dest(setting: Setting) -> str:
@@ -79,8 +81,9 @@ def add_session_arguments(parser: argparse.ArgumentParser, *, target_return: boo
     obviously the command's one (bench: the closed loop's controller)."""
     title = "session" + (f" ({applies_to})" if applies_to else "")
     group = parser.add_argument_group(title, "how the bundle's session is loaded")
-    for name in SESSION if target_return else SESSION[:2]:
-        add_flag(group, name)
+    for name in SESSION:
+        if target_return or name != "session.target_return":
+            add_flag(group, name)
 
 
 def session_from_args(args: argparse.Namespace) -> SessionSettings:
@@ -90,5 +93,25 @@ def session_from_args(args: argparse.Namespace) -> SessionSettings:
 
 
 def session_flags_given(args: argparse.Namespace) -> list[str]:
-    """The session group's flags that were given (for a command that takes them only sometimes)."""
-    return [SETTINGS[n].flag for n in SESSION if getattr(args, dest(SETTINGS[n]), None) is not None]
+    """The session group's flags that were given (for a command that takes them only sometimes),
+    --trust aside: the signature check holds for every use of the bundle."""
+    return [SETTINGS[n].flag for n in SESSION
+            if n != "session.trust" and getattr(args, dest(SETTINGS[n]), None) is not None]
+
+
+def untrusted(session: SessionSettings, bundles) -> str | None:
+    """The --trust check of the commands whose sessions load in child processes (eval, bench
+    --loop, demo), made here once before any process starts: the refusal's one line for the first
+    bundle no key in the trust directory signed, or None (also when no --trust was given)."""
+    if session.trust is None:
+        return None
+    from policyrt.bundle import BundleError, open_bundle
+    from policyrt.signing import check_trusted
+
+    for path in dict.fromkeys(bundles):
+        try:
+            with open_bundle(path) as bundle:
+                check_trusted(bundle, session.trust, where=path)
+        except BundleError as refused:
+            return str(refused)
+    return None

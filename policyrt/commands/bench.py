@@ -38,13 +38,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def handle(args) -> int:
     from policyrt.benchmark import format_step_benchmark, loop_overhead, run_step_benchmark
 
-    from ._session_args import session_flags_given, session_from_args
+    from ._session_args import session_flags_given, session_from_args, untrusted
 
     given = session_flags_given(args)
     if not args.loop and given:
         print(f"policyrt bench: {', '.join(given)} only apply with --loop", file=sys.stderr)
         return 2
     session = session_from_args(args)
+    if refused := untrusted(session, [args.bundle]):
+        print(f"policyrt bench: {refused}", file=sys.stderr)
+        return 2
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json == "-" else print
     report = run_step_benchmark(Path(args.bundle), steps=args.steps, progress=log)
     log(format_step_benchmark(report))

@@ -98,6 +98,11 @@ def handle(args) -> int:
     if args.video and Path(args.video).suffix.lower() not in (".mp4", ".gif"):
         print(f"policyrt demo: --video {args.video}: the file name must end in .mp4 or .gif", file=sys.stderr)
         return 2
+    from policyrt.commands._session_args import session_from_args, untrusted
+
+    if refused := untrusted(session_from_args(args), args.bundle or default_bundles()):
+        print(f"policyrt demo: {refused}", file=sys.stderr)
+        return 2
     results = []
     try:
         for bundle in args.bundle or default_bundles():

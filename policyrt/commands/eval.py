@@ -87,7 +87,7 @@ class _Progress:
 
 
 def handle(args) -> int:
-    from policyrt.commands._session_args import session_from_args
+    from policyrt.commands._session_args import session_from_args, untrusted
     from policyrt.sim.eval_report import summary_lines, write_report
     from policyrt.sim.evaluate import Candidate, EvalConfig, EvalError, evaluate
     from policyrt.sim.processes import Interrupted
@@ -97,6 +97,9 @@ def handle(args) -> int:
         print(f"policyrt eval: --parallel {args.parallel} > --episodes {args.episodes}: using {parallel} environments",
               file=sys.stderr)
     session = session_from_args(args)
+    if refused := untrusted(session, [args.bundle, args.compare or args.bundle]):
+        print(f"policyrt eval: {refused}", file=sys.stderr)
+        return 2
     cfg = EvalConfig(env_id=args.env, episodes=args.episodes, parallel=parallel, seed=args.seed,
                      max_episode_steps=args.max_episode_steps, controller_threads=session.threads)
     candidate = Candidate(args.bundle, session.backend, session.target_return)

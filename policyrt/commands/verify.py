@@ -15,7 +15,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "compare every action and the final state with the PyTorch reference. Exits 1 past tolerance: "
         "run it on the target machine before the robot is allowed to move.",
         epilog="examples:\n  policyrt verify bundles/inverted-pendulum-xlstm.policy --backend onnxruntime\n"
-        "  policyrt verify bundles/inverted-pendulum-xlstm.policy --backend tensorrt --precision fp16\n\n"
+        "  policyrt verify bundles/inverted-pendulum-xlstm.policy --backend tensorrt --precision fp16\n"
+        "  policyrt verify bundles/inverted-pendulum-xlstm.policy --trust /etc/policyrt/trusted\n\n"
+        "--trust DIR checks the bundle's signature first (policyrt sign): exit 1 unless a public key in DIR\n"
+        "signed the bundle as it is now.\n"
         "--backend tensorrt replays on this board's engine (policyrt build-engine) with tolerance 1e-4 (fp32)\n"
         "or 5e-3 (fp16), and on a pass writes engines/<engine>.verified.json: the tensorrt backend refuses\n"
         "an engine without a stamp that matches its sha256, this GPU and this TensorRT version.",
@@ -39,6 +42,7 @@ def handle(args) -> int:
     from policyrt.commands._session_args import session_from_args
     from policyrt.runtime import ALIASES
     from policyrt.runtime.verify import verify_backend
+    from policyrt.signing import check_trusted
 
     session = session_from_args(args)
     options = {}
@@ -49,9 +53,20 @@ def handle(args) -> int:
         options["precision"] = args.precision
     try:
         options.update(session.backend_options())
-        report = verify_backend(open_bundle(args.bundle), session.backend, args.tolerance, **options)
+        bundle = open_bundle(args.bundle)
+        # The signature first: an untrusted bundle is not worth a parity replay.
+        signed_by = check_trusted(bundle, session.trust, where=args.bundle) if session.trust else None
+        report = verify_backend(bundle, session.backend, args.tolerance, **options)
     except (BundleError, ImportError, ValueError, RuntimeError, FileNotFoundError) as err:
         print(f"verify failed: {err}", file=sys.stderr)
         return 1
-    print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
+    if args.json:
+        doc = report.to_dict()
+        if signed_by:
+            doc["signed_by"] = signed_by
+        print(json.dumps(doc, indent=2))
+    else:
+        if signed_by:
+            print(f"{args.bundle}: signed by trusted key {signed_by} (trust directory {session.trust})")
+        print(report.table())
     return 0 if report.ok else 1
