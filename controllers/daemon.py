@@ -89,9 +89,18 @@ def setup_logging(verbose: bool = False) -> None:
 
 def verify_bundle(bundle, session: SessionSettings):
     """Replay the bundle's parity.json on the session's backend; raises StartupError when it does not pass."""
+    from policyrt.runtime import BundleError
     from policyrt.runtime.verify import verify_backend
 
-    report = verify_backend(bundle, session.backend, **session.backend_options())
+    try:
+        report = verify_backend(bundle, session.backend, **session.backend_options())
+    except (BundleError, ImportError):  # they name the file, or the package to install
+        raise
+    except Exception as exc:  # the replay's step failed (InferenceError or a backend's own error)
+        lines = str(exc).strip().splitlines()
+        raise StartupError(
+            f"{bundle.path}: parity.json cannot be replayed on {session.backend}: {lines[0] if lines else type(exc).__name__}"
+        ) from exc
     if not report.ok:
         worst = max(report.outputs, key=lambda o: o.max_judged)
         raise StartupError(

@@ -63,6 +63,7 @@ def handle(args: argparse.Namespace) -> int:
     from policyrt.controllers.config import load_config
 
     daemon.setup_logging(args.verbose)
+    cfg = None
     try:
         cfg = load_config(args.config)
         if args.insecure:
@@ -78,7 +79,7 @@ def handle(args: argparse.Namespace) -> int:
         # restart would fail the same way. ConfigError, AuthError and BundleError are ValueErrors,
         # the core's InferenceFailed a RuntimeError; anything else (an ONNX Runtime error that
         # escaped the bundle's checks) is named by its type, its traceback logged at debug level.
-        print(f"policyrt serve: {_one_line(exc)}", file=sys.stderr)
+        print(f"policyrt serve: {_one_line(exc, cfg)}", file=sys.stderr)
         if not isinstance(exc, (ValueError, RuntimeError, ImportError, OSError)):
             logging.getLogger("policyrt.daemon").debug("start-up failed", exc_info=exc)
         return 2
@@ -91,13 +92,16 @@ def handle(args: argparse.Namespace) -> int:
         release_global_context()  # the final BYE leaves before the process exits
 
 
-def _one_line(exc: BaseException) -> str:
-    """The exception's first line; a type the start-up does not expect is named (`Fail: ...`)."""
+def _one_line(exc: BaseException, cfg) -> str:
+    """The exception's first line. A type the start-up does not expect can only come from loading
+    the bundle (config, keys and endpoints fail as ValueError or OSError): it is named with the
+    bundle (`B: cannot load the bundle: Fail: ...`)."""
     lines = str(exc).strip().splitlines()
     text = lines[0] if lines else ""
     if isinstance(exc, (ValueError, RuntimeError, ImportError, OSError)):
         return text or type(exc).__name__
-    return f"{type(exc).__name__}: {text} (--verbose logs the traceback)"
+    where = f"{cfg.bundle}: cannot load the bundle: " if cfg is not None else ""
+    return f"{where}{type(exc).__name__}: {text} (--verbose logs the traceback)"
 
 
 def _check(cfg, daemon) -> int:
