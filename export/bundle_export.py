@@ -83,6 +83,9 @@ def export_policy(policy, doc: dict, source: Path, out: Path, name: str | None =
             "action_names": None,
             "action_low": list(config.action_low),
             "action_high": list(config.action_high),
+            # The training data's observation range (the controller's observation guard); absent
+            # where the checkpoint does not know it (an imported policy, an older checkpoint).
+            **({"obs_low": list(config.obs_low), "obs_high": list(config.obs_high)} if config.obs_low else {}),
             "inputs": list(contract.INPUTS),
             "state": state_table(step),
             "target_return": config.target_return,

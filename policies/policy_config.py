@@ -27,6 +27,10 @@ class PolicyConfig:
     obs_mean: tuple[float, ...] = ()
     """Observation normalization baked into the graph; empty means zeros (mean) and ones (std)."""
     obs_std: tuple[float, ...] = ()
+    obs_low: tuple[float, ...] = ()
+    """Per observation channel: the training data's minimum and maximum; empty means unknown. The
+    exporter records them in the manifest, where the controller's observation guard reads them."""
+    obs_high: tuple[float, ...] = ()
     return_scale: float = 1000.0
     """Return-to-go is divided by this before it enters the token (1000 for MuJoCo locomotion in the
     original Decision Transformer work)."""
@@ -41,10 +45,14 @@ class PolicyConfig:
             raise ValueError(f"kind {self.kind!r} does not match {type(self).__name__} (kind {own_kind!r})")
         if len(self.action_low) != self.act_dim or len(self.action_high) != self.act_dim:
             raise ValueError(f"action bounds must have act_dim={self.act_dim} entries")
-        for name in ("obs_mean", "obs_std"):
+        for name in ("obs_mean", "obs_std", "obs_low", "obs_high"):
             value = getattr(self, name)
             if value and len(value) != self.obs_dim:
                 raise ValueError(f"{name} has {len(value)} entries, obs_dim is {self.obs_dim}")
+        if bool(self.obs_low) != bool(self.obs_high):
+            raise ValueError("obs_low and obs_high come together (the data's range) or not at all")
+        if any(not lo <= hi for lo, hi in zip(self.obs_low, self.obs_high)):
+            raise ValueError(f"obs_low must be <= obs_high in every channel (and finite): {self.obs_low}, {self.obs_high}")
 
     @property
     def obs_normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:

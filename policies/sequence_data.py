@@ -9,8 +9,9 @@ LABELS = ("applied", "expert", "behaviour")
 
 def dataset_for_training(args, command: str | None):
     """What both trainers derive from the dataset the same way -> (dataset, config fields, meta):
-    the config fields it fixes (dims, action bounds, observation normalization, return scale, the
-    default commanded return: --target-return or the dataset's best) and the checkpoint's
+    the config fields it fixes (dims, action bounds, observation normalization and range (per
+    channel min/max, for the controller's observation guard), return scale, the default
+    commanded return: --target-return or the dataset's best) and the checkpoint's
     provenance (collect -> train: the commands that reproduce the weights, in order)."""
     from policyrt.episodes import load_dataset
 
@@ -26,6 +27,8 @@ def dataset_for_training(args, command: str | None):
         "action_high": tuple(high),
         "obs_mean": tuple(float(v) for v in all_obs.mean(0)),
         "obs_std": tuple(float(v) for v in np.maximum(all_obs.std(0), 1e-3)),
+        "obs_low": tuple(float(v) for v in all_obs.min(0)),
+        "obs_high": tuple(float(v) for v in all_obs.max(0)),
         "return_scale": args.return_scale,
         "target_return": float(dataset.returns().max()) if args.target_return is None else args.target_return,
     }

@@ -196,3 +196,33 @@ def copy_without_range(src: Path, dst: Path) -> Path:
     (dst / "bundle.sha256").unlink(missing_ok=True)
     write_manifest(dst, doc)
     return dst
+
+
+def test_training_and_export_record_the_observation_range(tmp_path):
+    """The range the guard reads: the training data's per-channel min/max (sequence_data), kept in
+    the policy config and written to the manifest's top level by the exporter."""
+    import json
+    import subprocess
+    import sys
+    from argparse import Namespace
+
+    from conftest import tiny_policy
+
+    from policyrt.export.bundle_export import export_policy
+    from policyrt.policies.sequence_data import dataset_for_training
+
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, "-m", "policyrt.cli", "sim", "collect", "--env", "InvertedPendulum-v5",
+                    "--expert", "lqr", "--episodes", "2", "--seed", "0", "--out", str(data)],
+                   check=True, capture_output=True)
+    dataset, fields, _ = dataset_for_training(Namespace(data=data, return_scale=1.0, target_return=None), None)
+    observed = np.concatenate([e.observations for e in dataset.episodes])
+    assert fields["obs_low"] == tuple(observed.min(0).tolist()) and fields["obs_high"] == tuple(observed.max(0).tolist())
+
+    policy = tiny_policy(obs_dim=4, act_dim=1, obs_low=fields["obs_low"], obs_high=fields["obs_high"])
+    doc = {"kind": "xlstm", "config": policy.config.to_dict()}
+    out = export_policy(policy, doc, Path("random"), tmp_path / "ranged.policy", progress=lambda *_: None)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["obs_low"] == list(fields["obs_low"]) and manifest["obs_high"] == list(fields["obs_high"])
+    session = policyrt.load(out)
+    assert np.array_equal(session.manifest.obs_low, np.float32(fields["obs_low"]))
