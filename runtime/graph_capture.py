@@ -26,6 +26,17 @@ class Phase(Enum):
     FALLBACK = "fallback"  # capture failed: eager forever
 
 
+def failure_reason(err: BaseException) -> str:
+    """The first error of a chain, then the last: a capture that fails mid-way often fails again while
+    ending the capture (an invalidated capture, a CUDA-graph context manager's exit), and that second
+    error would otherwise hide the reason the capture failed."""
+    root = err
+    while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
+        root = root.__cause__ or root.__context__
+    reason = f"{type(root).__name__}: {root}"
+    return reason if root is err else f"{reason} (then, ending the capture, {type(err).__name__}: {err})"
+
+
 class PingPongGraphs:
     def __init__(self, run_eager: Callable[[int], None], capture: Callable[[int], object] | None,
                  replay: Callable[[object], None]):
@@ -47,7 +58,7 @@ class PingPongGraphs:
                 graph = self._capture(d)
             except Exception as err:  # noqa: BLE001 - any capture failure means: run eagerly
                 self.phases[d] = Phase.FALLBACK
-                self.fallback_reason = f"{type(err).__name__}: {err}"
+                self.fallback_reason = failure_reason(err)
                 log.warning("CUDA graph capture failed in direction %d, running eagerly: %s", d, self.fallback_reason)
                 self._run_eager(d)
             else:

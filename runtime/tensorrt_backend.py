@@ -30,7 +30,14 @@ from policyrt.bundle import Bundle
 from .backend import Backend
 from .graph_capture import PingPongGraphs
 from .trt_buffers import EngineTensor, host_views, init_rows, plan_buffers, reset_copies
-from .trt_engines import check_stamp, current_gpu_name, find_engine, import_cudart, import_tensorrt
+from .trt_engines import (
+    check_stamp,
+    cuda_versions,
+    current_gpu_name,
+    find_engine,
+    import_cudart,
+    import_tensorrt,
+)
 
 
 class CudaError(RuntimeError):
@@ -45,6 +52,7 @@ class TensorRTBackend(Backend):
         super().__init__(bundle, batch_size)
         defaults = {k: v.copy() for k, v in self.inputs.items()}
         trt, self._rt = import_tensorrt(), import_cudart()
+        self._cuda_error_seen = False
         self._stream, self._device, self._host, self._init, self.graphs = None, 0, 0, 0, None  # for close()
         self._check(self._rt.cudaSetDevice(device))
         self.tensorrt_version = trt.__version__
@@ -67,9 +75,9 @@ class TensorRTBackend(Backend):
         self._check_profile([t.name for t in tensors if t.is_input], batch_size)
         self.context = self.engine.create_execution_context()
         for slot in self.plan.inputs:
-            self.context.set_input_shape(slot.engine_name, slot.shape)
+            self._set_input_shape(slot.engine_name, slot.shape)
         for pair in self.plan.states:
-            self.context.set_input_shape(pair.input_name, pair.sets[0].shape)
+            self._set_input_shape(pair.input_name, pair.sets[0].shape)
 
         rt = self._rt
         self._stream = self._check(rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking))
@@ -89,14 +97,18 @@ class TensorRTBackend(Backend):
         self._addresses = [[(name, self._device + off) for name, off in self.plan.bindings(d).items()] for d in (0, 1)]
         self._h2d, self._d2h = rt.cudaMemcpyKind.cudaMemcpyHostToDevice, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
         self.graphs = PingPongGraphs(self._enqueue, self._capture if cuda_graphs else None, self._replay)
-        self._check(rt.cudaMemset(self._device, 0, self.plan.device_nbytes))
+        # On the backend's stream, not cudaMemset's legacy stream 0: the init rows below are copied on this
+        # non-blocking stream, which does not wait for stream 0, so a stream-0 memset could land after them.
+        self._check(rt.cudaMemsetAsync(self._device, 0, self.plan.device_nbytes, self._stream))
         self.reset_state(np.ones(batch_size, bool))  # no uninitialized bytes: 0 * NaN would survive a reset
 
     # -- the three calls PingPongGraphs drives -------------------------------------------------------------
     def _enqueue(self, direction: int) -> None:
         rt, stream = self._rt, self._stream
         for name, address in self._addresses[direction]:
-            self.context.set_tensor_address(name, address)
+            if not self.context.set_tensor_address(name, address):
+                raise RuntimeError(f"TensorRT set_tensor_address({name!r}) failed for {self.engine_path.name} "
+                                   "(see the TensorRT log above)")
         self._check(rt.cudaMemcpyAsync(self._device, self._host, self.plan.inputs_nbytes, self._h2d, stream))
         if not self.context.execute_async_v3(int(stream)):
             raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
@@ -108,8 +120,14 @@ class TensorRTBackend(Backend):
         self._check(rt.cudaStreamBeginCapture(self._stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
         try:
             self._enqueue(direction)
-        finally:
-            graph = self._check(rt.cudaStreamEndCapture(self._stream))  # always leave capture mode
+        except BaseException:
+            # Leave capture mode and free what was recorded, unchecked: a failed enqueue may have invalidated
+            # the capture, and its own error, not EndCapture's, is the reason the fallback reports.
+            err, graph = rt.cudaStreamEndCapture(self._stream)
+            if int(getattr(err, "value", err)) == 0 and graph is not None and int(graph):
+                rt.cudaGraphDestroy(graph)
+            raise
+        graph = self._check(rt.cudaStreamEndCapture(self._stream))
         try:
             return self._check(rt.cudaGraphInstantiate(graph, 0))
         finally:
@@ -179,10 +197,22 @@ class TensorRTBackend(Backend):
             raise ValueError(f"{self.engine_path.name} serves batches {lo[0]}..{hi[0]}, this session wants "
                              f"{batch_size}: rebuild with policyrt build-engine --max-batch {batch_size}")
 
+    def _set_input_shape(self, name: str, shape: tuple) -> None:
+        if not self.context.set_input_shape(name, shape):
+            raise RuntimeError(f"TensorRT set_input_shape({name!r}, {shape}) failed for {self.engine_path.name}: "
+                               "outside the engine's profile? (see the TensorRT log above)")
+
     def _check(self, result):
-        """cuda-python returns (error, *values): raise on error, return the value(s)."""
+        """cuda-python returns (error, *values): raise on error, return the value(s).
+
+        The backend's first CUDA error also names the cuda-python and CUDA versions: a cuda-python built
+        for a newer CUDA major than the board's driver fails every call (cudaErrorInsufficientDriver)."""
         err, *values = result if isinstance(result, tuple) else (result,)
         if int(getattr(err, "value", err)) != 0:
             name = self._rt.cudaGetErrorName(err)[1]
-            raise CudaError(f"CUDA error {int(getattr(err, 'value', err))} ({name.decode() if isinstance(name, bytes) else name})")
+            text = f"CUDA error {int(getattr(err, 'value', err))} ({name.decode() if isinstance(name, bytes) else name})"
+            if not self._cuda_error_seen:
+                self._cuda_error_seen = True
+                text += f"; {cuda_versions(self._rt)}"
+            raise CudaError(text)
         return values[0] if len(values) == 1 else (tuple(values) or None)

@@ -140,10 +140,49 @@ def current_gpu_name(device: int = 0) -> str:
     """The CUDA device's name, e.g. `Orin` or `NVIDIA H100 80GB HBM3` (needs cuda-python)."""
     cudart = import_cudart()
     err, props = cudart.cudaGetDeviceProperties(device)
-    if int(err) != 0:
-        raise RuntimeError(f"cudaGetDeviceProperties({device}) failed: {err}")
+    if int(getattr(err, "value", err)) != 0:
+        raise RuntimeError(f"cudaGetDeviceProperties({device}) failed: {err}; {cuda_versions(cudart)}")
     name = props.name
     return (name.decode() if isinstance(name, bytes) else str(name)).split("\x00", 1)[0].strip()
+
+
+def cuda_python_version() -> str:
+    """The installed cuda-python's version: `cuda.bindings.__version__` (12.6+), `cuda.__version__` before."""
+    for module in ("cuda.bindings", "cuda"):
+        try:
+            version = getattr(__import__(module, fromlist=["__version__"]), "__version__", None)
+        except ImportError:
+            continue
+        if version:
+            return str(version)
+    return "(version unknown)"
+
+
+def _cuda_version(call) -> str:
+    """A cudaRuntimeGetVersion / cudaDriverGetVersion result, 12060 -> "12.6"."""
+    try:
+        err, value = call()
+    except Exception:  # noqa: BLE001 - this only decorates an error message already being raised
+        return "unknown"
+    if int(getattr(err, "value", err)) != 0:
+        return "unknown"
+    return f"{int(value) // 1000}.{int(value) % 1000 // 10}"
+
+
+def cuda_versions(cudart) -> str:
+    """"cuda-python 13.0.1 is built for CUDA 13.0, this board has 12.6" (+ the fix when the majors differ).
+
+    The runtime version is the CUDA that cuda-python's runtime bindings were built for; the driver's is
+    the newest CUDA this board's driver runs (JetPack 6: 12.x). pip picks the newest cuda-python unless
+    capped, and a 13.x one needs a CUDA 13 driver: every call then fails with cudaErrorInsufficientDriver.
+    """
+    built, board = _cuda_version(cudart.cudaRuntimeGetVersion), _cuda_version(cudart.cudaDriverGetVersion)
+    text = f"cuda-python {cuda_python_version()} is built for CUDA {built}, this board has {board}"
+    built_major, board_major = built.split(".")[0], board.split(".")[0]
+    if built_major.isdigit() and board_major.isdigit() and int(built_major) > int(board_major):
+        major = int(board_major)
+        text += f": install the cuda-python of the board's CUDA major, pip install 'cuda-python>={major},<{major + 1}'"
+    return text
 
 
 def import_tensorrt():

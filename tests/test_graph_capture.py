@@ -70,3 +70,21 @@ def test_invalidate_recaptures(ticks_before):
     direction = graphs.direction
     graphs.step()
     assert rec.calls == [("eager", direction)] and graphs.graphs == [None, None]
+
+
+def test_the_fallback_reason_is_the_first_error_when_ending_the_capture_fails_too():
+    """An enqueue that fails mid-capture often makes the end of the capture fail as well (invalidated)."""
+
+    def capture(d):
+        try:
+            raise RuntimeError("TensorRT execute_async_v3 failed")
+        finally:
+            raise OSError("cudaErrorStreamCaptureInvalidated")
+
+    rec = Recorder()
+    graphs = PingPongGraphs(rec.eager, capture, rec.replay)
+    for _ in range(3):
+        graphs.step()
+    assert graphs.phases[0] is Phase.FALLBACK
+    assert graphs.fallback_reason.startswith("RuntimeError: TensorRT execute_async_v3 failed")
+    assert "then, ending the capture, OSError: cudaErrorStreamCaptureInvalidated" in graphs.fallback_reason
