@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -244,3 +245,53 @@ def test_every_estop_latch_gets_a_flight_recorder_dump_of_its_own(tmp_path):
         (5, "deadline_burst"), (5 + post, "estop"), (5 + post + capacity // 2, "estop")
     ]
     assert 5 in dumps[1][2] and 20 in dumps[2][2]  # each e-stop file holds the latch it is for
+
+
+PENDULUM = Path(__file__).resolve().parents[1] / "bundles" / "inverted-pendulum-xlstm.policy"
+
+
+@pytest.mark.parametrize("factor", [0, 10], ids=["guard off", "guard on"])
+def test_a_huge_observation_is_one_fallback_and_in_the_counters_and_the_flight_recorder(tmp_path, factor):
+    """3e38 from a real robot link into the shipped pendulum bundle (issue 12): with the guard
+    off its action is non-finite, the slot's state is reset (state_resets, the recorder's
+    state_reset row) and the next observation gets the policy's action again; with the guard on
+    it is an obs_range fallback and the state never turns non-finite."""
+    import policyrt
+    from policyrt.controllers.flight_recorder import FlightRecorder, load_dump
+
+    pytest.importorskip("onnxruntime")
+    endpoint = endpoint_for("ipc")
+    robot = RealtimeRobot(endpoint, spec())
+    recorder = FlightRecorder(tmp_path, capacity=64, post_ticks=2)
+    config = RealtimeConfig(rate_hz=200.0, stale_after_s=PATIENCE_S, deadline_s=PATIENCE_S, fallback="zero",
+                            obs_range_factor=factor)
+    controller = RealtimeController(policyrt.load(PENDULUM), [endpoint], config, recorder=recorder)
+    thread, box = run_in_thread(controller)
+    try:
+        robot.accept()
+        seq = robot.obs([0.01, 0, 0, 0], flags=ObsFlag.RESET)
+        assert robot.act_answering(seq).flags == 0
+        seq = robot.obs([3e38, 0, 0, 0], step=1)
+        assert robot.act_answering(seq).flags == FALLBACK
+        seq = robot.obs([0.01, 0, 0, 0], step=2)
+        act = robot.act_answering(seq)
+        assert act.flags == 0 and np.isfinite(act.values).all(), "the policy's own action again"
+        wait_until(lambda: recorder.dumps, "the flight recorder dump")
+    finally:
+        controller.request_stop()
+        thread.join(PATIENCE_S)
+        robot.close()
+    counters = box["result"].counters
+    meta, arrays = load_dump(recorder.dumps[0])
+    if factor:
+        assert counters["fallbacks"]["obs_range"] >= 1 and counters["state_resets"] == 0
+        assert meta["reason"] == "obs_range" and np.isfinite(arrays["raw_action"]).all()
+    else:
+        # The loop repeats the huge observation until the next one arrives (sample-and-hold), so
+        # there may be a second such tick: each one is reset, and only those.
+        assert counters["fallbacks"]["nonfinite"] == counters["state_resets"] >= 1
+        assert meta["reason"] == "nonfinite" and meta["counters"]["state_resets"] >= 1
+        reset_rows = arrays["state_reset"][:, 0]
+        stepped_nonfinite = arrays["active"][:, 0] & ~np.isfinite(arrays["raw_action"][:, 0]).all(axis=1)
+        assert np.array_equal(reset_rows, stepped_nonfinite)  # (a tick with no robot records NaN)
+        assert reset_rows.any() and not reset_rows[-1]
