@@ -182,4 +182,4 @@ class RobotPort:
         """flush_ms > 0: give frames still queued (the final safe ACT, BYE) that long to leave;
         Link.close() alone drops them (LINGER 0)."""
         for link in (self.stream, self.session):
-            link.sock.close(linger=flush_ms)
+            link.close(flush_ms)

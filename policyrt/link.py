@@ -40,6 +40,9 @@ _SHARED_CPU_BACKOFF_NS = 200_000_000
 # not); twice that leaves headroom, so a frame a little too long still arrives and is counted as
 # `length` (docs/PROTOCOL.md, section 7) instead of silently resetting the link.
 MAX_MESSAGE_BYTES = 2 * MAX_FRAME_BYTES
+# A connecting link whose connection was dropped looks for a reconnect this often while it only
+# drains without waiting (the real-time loop's `pending`); a waiting receive wakes on the drop.
+_WATCH_EVERY_NS = 50_000_000
 
 
 def limit_message_size(sock: zmq.Socket) -> None:
@@ -82,6 +85,12 @@ class Link:
         limit_message_size(self.sock)
         if curve is not None:
             curve.configure(self.sock, bind=bind, context=self._ctx)
+        # libzmq reconnects a connecting socket after a lost connection, but not after one it
+        # dropped for a protocol error (a frame over ZMQ_MAXMSGSIZE, garbage in the ZMTP stream):
+        # the link watches for drops and connects again itself (_restore_connection).
+        self._monitor = None if bind else self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._watch_after = 0  # perf_counter_ns() before which a drain does not look at the monitor
+        self.reconnects = 0
         if bind:
             self.sock.bind(endpoint)
         else:
@@ -95,14 +104,20 @@ class Link:
         self.num_envs: int | None = None  # set from the SPEC; decode then checks batched slot counts
         self.stop = stop
         self._spin_after = 0  # perf_counter_ns() before which receives do not spin (shared CPU)
-        # Built once: zmq_poll on the socket and the stop request's wake-up descriptor.
-        self._poll_items = None if stop is None else [(self.sock, zmq.POLLIN), (stop.fileno(), zmq.POLLIN)]
+        # Built once: zmq_poll on the socket, the stop request's wake-up descriptor, the monitor.
+        self._poll_items = [(self.sock, zmq.POLLIN)]
+        if stop is not None:
+            self._poll_items.append((stop.fileno(), zmq.POLLIN))
+        if self._monitor is not None:
+            self._poll_items.append((self._monitor, zmq.POLLIN))
 
     def send(self, frame) -> bool:
         try:
             self.sock.send(frame, copy=True)  # copy: encoders reuse their buffers at once
             return True
         except zmq.Again:
+            if self._monitor is not None:  # no peer: perhaps the connection was dropped for good
+                self._restore_connection()
             return False
 
     def recv(self, timeout_s: float | None, spin_ns: int = 0) -> Message | None:
@@ -160,8 +175,8 @@ class Link:
                 return -1
 
     def _blocking_read(self, timeout_s: float | None) -> int:
-        if self.stop is not None:
-            return self._stoppable_read(timeout_s)
+        if len(self._poll_items) > 1:  # a stop request or a connection to watch
+            return self._polled_read(timeout_s)
         # A blocking receive with ZMQ_RCVTIMEO rather than poll() + receive: one wake-up and no
         # Python-level poller per message. The option is only touched when the timeout changes.
         timeout_ms = -1 if timeout_s is None else max(0, int(timeout_s * 1000))
@@ -173,17 +188,21 @@ class Link:
         except zmq.Again:
             return -1
 
-    def _stoppable_read(self, timeout_s: float | None) -> int:
-        """Like _blocking_read, but also woken by the stop request: zmq_poll waits on the socket
-        and the stop's descriptor, then the frame is read without blocking (poll first, not a
+    def _polled_read(self, timeout_s: float | None) -> int:
+        """Like _blocking_read, but also woken by the stop request and by a dropped connection:
+        zmq_poll waits on the socket, the stop's descriptor and the monitor, then the frame is
+        read without blocking (poll first, not a
         non-blocking read first: in lockstep the frame is rarely there yet, and the failed read's
         exception costs more than the poll of a waiting frame).
         (A signal's wake-up byte ends the poll, and pyzmq runs the Python handler before the poll
         returns; a request from another thread writes that byte itself: policyrt/stopping.py.)"""
-        stop = self.stop
-        if stop.requested:
+        stop, monitor = self.stop, self._monitor
+        if stop is not None and stop.requested:
             return -1
         if timeout_s is not None and timeout_s <= 0:
+            if monitor is not None and time.perf_counter_ns() >= self._watch_after:
+                self._watch_after = time.perf_counter_ns() + _WATCH_EVERY_NS
+                self._restore_connection()
             try:
                 return self._read(zmq.NOBLOCK)
             except zmq.Again:
@@ -192,14 +211,36 @@ class Link:
         while True:
             timeout_ms = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
             ready = zmq.zmq_poll(self._poll_items, timeout_ms)
-            if stop.requested or not ready:
+            if (stop is not None and stop.requested) or not ready:
                 return -1
+            dropped = monitor is not None and any(item is monitor for item, _ in ready)
+            if dropped:
+                self._restore_connection()
             try:
                 return self._read(zmq.NOBLOCK)
-            except zmq.Again:  # woken by another signal's wake-up byte, or without a whole frame
-                stop.spurious_wakeup()
+            except zmq.Again:  # woken by the monitor, another signal's wake-up byte, or no whole frame
+                if stop is not None and not (dropped and len(ready) == 1):
+                    stop.spurious_wakeup()
                 if deadline is not None and time.monotonic() >= deadline:
                     return -1
+
+    def _restore_connection(self) -> None:
+        """Connect again if the monitor saw the connection dropped. libzmq's own reconnect (after
+        a lost connection) is replaced by this one; after a protocol error there is no other."""
+        dropped = False
+        while True:
+            try:
+                self._monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            dropped = True
+        if dropped:
+            try:
+                self.sock.disconnect(self.endpoint)
+            except zmq.ZMQError:  # libzmq already forgot the endpoint
+                pass
+            self.sock.connect(self.endpoint)
+            self.reconnects += 1
 
     def _read(self, flags: int) -> int:
         """Receive one frame into the buffer; returns its full size (larger than the buffer when
@@ -226,8 +267,13 @@ class Link:
             if not self.sock.getsockopt(zmq.RCVMORE):
                 raise ProtocolError("multipart", f"a message of {parts} frames; policyrt messages are one frame")
 
-    def close(self) -> None:
-        self.sock.close(linger=0)
+    def close(self, linger_ms: int = 0) -> None:
+        """linger_ms > 0: frames still queued (a final BYE) get that long to leave."""
+        if self._monitor is not None:
+            self.sock.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
+        self.sock.close(linger=linger_ms)
 
     def __enter__(self) -> Link:
         return self

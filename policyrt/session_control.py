@@ -128,7 +128,7 @@ def send_final_bye(link, encoder, flush_ms: int = BYE_FLUSH_MS) -> None:
     with LINGER 0, which drops a frame still queued in ZeroMQ (the peer would wait for its timeout
     instead of hearing the BYE); this close waits up to `flush_ms` for it. The link is closed after."""
     link.send(encoder.control(MsgType.BYE))
-    link.sock.close(linger=flush_ms)
+    link.close(flush_ms)
 
 
 def release_global_context(flush_ms: int = BYE_FLUSH_MS) -> None:

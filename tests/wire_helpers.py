@@ -175,8 +175,29 @@ class ScriptedRobot:
     def send(self, frame) -> None:
         self.link.send(frame)
 
+    def obs_until_answered(self, obs, tries: int = 20, wait_s: float = 1.0) -> tuple[Message, set[int]]:
+        """Send an OBS, again with a new seq each `wait_s` without an answer, until an ACT answering
+        one of them arrives (frames queued on a connection that ZeroMQ drops are lost with it, and
+        the controller's DEALER reconnects); returns that ACT and every seq sent (a late answer to
+        an earlier try may still come)."""
+        seqs: set[int] = set()
+        for _ in range(tries):
+            seqs.add(self.obs(obs))
+            while (msg := self.link.recv(wait_s)) is not None:
+                if msg.type is MsgType.ACT and msg.ack in seqs:
+                    return msg._replace(values=msg.values.copy()), seqs
+        raise AssertionError(f"no ACT answered any of {len(seqs)} OBS")
+
     def close(self) -> None:
         self.link.close()
+
+
+def vm_peak_kib(pid: int) -> int:
+    """The process's peak resident set (VmHWM, KiB): a transient allocation shows up in it."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError(f"/proc/{pid}/status has no VmHWM")
 
 
 def pendulum_spec(low: float = -3.0, high: float = 3.0, obs_dim: int = 4) -> Spec:
