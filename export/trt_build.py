@@ -107,13 +107,25 @@ def onnx_node_of(layer_metadata: str) -> str | None:
 
 def layers_to_pin(layers: list[tuple[str, tuple[str, ...]]], fp16_nodes) -> list[int]:
     """Indices of layers to pin to fp32 in a weakly typed fp16 build: those from an ONNX node that is not an
-    fp16 projection and whose outputs are all FLOAT. `layers` = [(metadata, output dtype names)]."""
+    fp16 projection and whose outputs are all FLOAT. `layers` = [(metadata, output dtype names)].
+
+    Pinning nothing is refused: it means the layers carry no ONNX-node metadata this parser tags (or none
+    that is recognized), and an engine built anyway would be free to run state, gates and LayerNorm in
+    fp16 while its manifest recorded `fp32_pinned_layers: 0` as if that had been the plan."""
     keep_fp16 = set(fp16_nodes)
     pinned = []
     for index, (metadata, out_dtypes) in enumerate(layers):
         node = onnx_node_of(metadata)
         if node is not None and node not in keep_fp16 and out_dtypes and all(d == "FLOAT" for d in out_dtypes):
             pinned.append(index)
+    if not pinned:
+        tagged = sum(onnx_node_of(metadata) is not None for metadata, _ in layers)
+        sample = next((metadata for metadata, _ in layers if metadata), "")
+        raise BuildError(
+            f"fp16 build: fp32 pinning matched 0 of {len(layers)} TensorRT layers ({tagged} carry an "
+            f"`[ONNX Layer: ...]` tag{f'; e.g. {sample[:80]!r}' if sample else ', none has metadata'}), so "
+            "state, gates and LayerNorm could run in fp16. Build --precision fp32, or use TensorRT 10.12+ "
+            "(strongly typed fp16 from the converted graph)")
     return pinned
 
 

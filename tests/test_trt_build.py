@@ -140,3 +140,12 @@ def test_recording_an_engine_keeps_the_bundle_checksums(tmp_path, xlstm):
     assert io["state.block0.C"]["profile"]["max"] == [2, *c_shape] and io["action"]["mode"] == "output"
     assert "profile" not in io["action"]
     open_bundle(bundle)  # checksums still hold
+
+
+@pytest.mark.parametrize("layers, why", [
+    ([("", ("FLOAT",)), ("", ("FLOAT",))], "none has metadata"),  # a parser that tags nothing
+    ([("[ONNX Layer: /blocks.0/MatMul]", ("FLOAT",)), ("[ONNX Layer: /Cast]", ("INT32",))], "2 carry"),
+])
+def test_pinning_that_pins_nothing_fails_the_build(layers, why):
+    with pytest.raises(BuildError, match=f"fp32 pinning matched 0 of 2 TensorRT layers.*{why}.*--precision fp32"):
+        layers_to_pin(layers, ["/blocks.0/MatMul"])
