@@ -35,6 +35,7 @@ def test_minimal_config_gets_the_defaults_and_resolves_paths_from_the_file(tmp_p
     assert cfg.session.backend == "onnxruntime" and cfg.loop.rate_hz is None and not cfg.insecure
     assert cfg.session.threads == 1 and cfg.session.target_return is None
     assert cfg.loop.fallback == "hold" and cfg.loop.max_delta is None and cfg.loop.spin_us == 200
+    assert cfg.loop.obs_range_factor == 10.0
     assert cfg.loop.sched_fifo_priority == 0 and cfg.loop.cpu_affinity == ()
     assert cfg.telemetry.pub is None and cfg.flight_recorder.dir is None and cfg.auth.keys is None
 
@@ -49,6 +50,7 @@ insecure = false
 fallback = [0.0, 0.5]
 max_delta = [0.1, 0.2]
 stale_after_s = 0.01
+obs_range_factor = 3
 [realtime]
 spin_us = 100
 sched_fifo_priority = 80
@@ -74,6 +76,7 @@ def test_full_config(tmp_path):
     assert cfg.loop.rate_hz == 500.0 and cfg.session.threads == 2 and cfg.session.target_return == 500.0
     assert cfg.loop.fallback == (0.0, 0.5) and cfg.loop.max_delta == (0.1, 0.2)
     assert cfg.loop.stale_after_s == 0.01 and cfg.loop.spin_us == 100 and cfg.loop.lock_memory
+    assert cfg.loop.obs_range_factor == 3.0
     assert cfg.loop.sched_fifo_priority == 80 and cfg.loop.cpu_affinity == (1,)
     assert cfg.telemetry.pub == "tcp://127.0.0.1:5600" and cfg.telemetry.prometheus_port == 9100
     assert cfg.flight_recorder.dir == Path("/var/lib/policyrt") and cfg.flight_recorder.ticks == 500
@@ -145,7 +148,8 @@ def test_the_command_line_and_the_file_produce_the_same_settings(tmp_path):
     from_flags = _run_settings(
         str(tmp_path / "b.policy"), "--connect", "ipc:///tmp/a", "--connect", "ipc:///tmp/b",
         "--backend", "onnxruntime", "--threads", "2", "--target-return", "500", "--rate", "500",
-        "--fallback", "0.0,0.5", "--max-delta", "0.1,0.2", "--stale-after", "0.01", "--spin-us", "100",
+        "--fallback", "0.0,0.5", "--max-delta", "0.1,0.2", "--stale-after", "0.01", "--obs-range-factor", "3",
+        "--spin-us", "100",
         "--sched-fifo", "80", "--cpu", "1", "--lock-memory", "--telemetry", "tcp://127.0.0.1:5600",
         "--prometheus-port", "9100", "--record-dir", "/var/lib/policyrt", "--record-ticks", "500",
         "--record-episodes", str(tmp_path / "episodes"), "--episodes-format", "minari",
@@ -167,6 +171,7 @@ def test_the_command_line_and_the_file_produce_the_same_settings(tmp_path):
         ("[safety]\nmax_delta = 0", ["--max-delta", "0"], "a number > 0, or a list"),
         ("[realtime]\nsched_fifo_priority = 120", ["--sched-fifo", "120"], "an integer in 1..99, or 0 for normal"),
         ("[realtime]\nspin_us = -1", ["--spin-us", "-1"], "an integer in 0..1000000"),
+        ("[safety]\nobs_range_factor = -1", ["--obs-range-factor", "-1"], "a number >= 0 (0: off)"),
         ("[telemetry]\npub = '127.0.0.1:5600'", ["--telemetry", "127.0.0.1:5600"], "a ZeroMQ endpoint string"),
         ("[flight_recorder]\nticks = 4", ["--record-ticks", "4"], "an integer in 8..10000000"),
     ],

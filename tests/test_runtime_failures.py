@@ -203,3 +203,60 @@ def test_serve_exits_2_with_one_line_on_an_unloadable_bundle(tmp_path, kind, che
     assert proc.returncode == 2, stderr
     (line,) = policyrt_lines(stderr, "serve")
     assert f"{kind}.policy" in line, line
+
+
+def copy_without_range(src: Path, dst: Path) -> Path:
+    """A copy of a shipped bundle whose manifest records no observation range."""
+    shutil.copytree(src, dst)
+    doc = json.loads((dst / "manifest.json").read_text())
+    for key in ("obs_low", "obs_high"):
+        doc.pop(key, None)
+    (dst / "manifest.json").write_text(json.dumps(doc))
+    return rewrite_manifest(dst)
+
+
+def run_huge_observation(bundle: Path, tmp_path: Path, *flags: str) -> tuple[list, dict, str]:
+    """`policyrt run` against a scripted robot that sends one 3e38 among small observations;
+    returns the ACT flags of the three answers, the --results JSON and stderr."""
+    endpoint, results = ipc_endpoint(), tmp_path / "results.json"
+    robot = ScriptedRobot(endpoint, pendulum_spec())
+    try:
+        proc = policyrt_cli("run", str(bundle), "--connect", endpoint, "--results", str(results), *flags)
+        robot.accept()
+        answers = []
+        for step, first in enumerate((0.01, 3e38, 0.01)):
+            seq = robot.obs([first, 0, 0, 0], flags=ObsFlag.RESET if step == 0 else 0, step=step)
+            act = robot.recv()
+            assert act.type is MsgType.ACT and act.ack == seq and np.isfinite(act.values).all(), act
+            answers.append(act.flags)
+        robot.send(robot.enc.control(MsgType.BYE))
+        _, stderr = proc.communicate(timeout=PATIENCE_S)
+    finally:
+        robot.close()
+    assert proc.returncode == 0, stderr
+    return answers, json.loads(results.read_text()), stderr
+
+
+def test_lockstep_resets_the_state_a_huge_observation_poisoned(tmp_path):
+    answers, results, _ = run_huge_observation(PENDULUM, tmp_path, "--obs-range-factor", "0")
+    assert answers == [0, ACT_FALLBACK, 0], "one fallback, then the policy's own action again"
+    assert results["state_resets"] == 1 and results["nonfinite_actions"] == 1
+
+
+def test_lockstep_guards_against_a_huge_observation(tmp_path):
+    answers, results, _ = run_huge_observation(PENDULUM, tmp_path)
+    assert answers == [0, ACT_FALLBACK, 0]
+    assert results["obs_range_fallbacks"] == 1 and results["state_resets"] == 0 and results["nonfinite_actions"] == 0
+
+
+def test_run_and_serve_check_say_once_that_a_bundle_without_a_range_is_unguarded(tmp_path):
+    bare = copy_without_range(PENDULUM, tmp_path / "bare.policy")
+    answers, results, stderr = run_huge_observation(bare, tmp_path)
+    assert stderr.count("observation guard off: the bundle records no observation range") == 1, stderr
+    assert answers == [0, ACT_FALLBACK, 0] and results["state_resets"] == 1
+    config = tmp_path / "controller.toml"
+    config.write_text(f'bundle = "{bare}"\nrobots = ["{ipc_endpoint()}"]\nrate_hz = 50\n')
+    proc = policyrt_cli("serve", "--config", str(config), "--check")
+    stdout, stderr = proc.communicate(timeout=PATIENCE_S)
+    assert proc.returncode == 0, stderr
+    assert "OK" in stdout and "observation guard off: the bundle records no observation range" in stdout
