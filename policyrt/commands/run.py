@@ -142,9 +142,9 @@ def _run(args: argparse.Namespace, settings) -> int:
     except InferenceFailed as exc:  # the robot got the safe action and BYE
         print(f"policyrt run: {exc}; the robot got the safe action and BYE", file=sys.stderr)
         return 1
-    except (SpecMismatchError, TimeoutError) as exc:
+    except (SpecMismatchError, BundleError, TimeoutError) as exc:  # BundleError: the robot's batch size
         print(f"policyrt run: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, SpecMismatchError) else 1
+        return 1 if isinstance(exc, TimeoutError) else 2
     print(format_summary(result), flush=True)
     if args.results:
         with open(args.results, "w") as f:
