@@ -14,6 +14,7 @@ Board-side module: standard library, numpy and pyzmq only, Python 3.10.
 from __future__ import annotations
 
 import os
+import struct
 import time
 from collections.abc import Iterator
 
@@ -43,6 +44,11 @@ MAX_MESSAGE_BYTES = 2 * MAX_FRAME_BYTES
 # A connecting link whose connection was dropped looks for a reconnect this often while it only
 # drains without waiting (the real-time loop's `pending`); a waiting receive wakes on the drop.
 _WATCH_EVERY_NS = 50_000_000
+# A drop after which libzmq reconnects by itself is followed at once by its CONNECT_RETRIED; one it
+# made for a protocol error is not. This long is "at once" (the I/O thread emits both in a row).
+_RETRY_ANNOUNCED_MS = 20
+_WATCHED_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+_EVENT = struct.Struct("=hi")  # a monitor event's first frame: event id, value
 
 
 def limit_message_size(sock: zmq.Socket) -> None:
@@ -88,7 +94,7 @@ class Link:
         # libzmq reconnects a connecting socket after a lost connection, but not after one it
         # dropped for a protocol error (a frame over ZMQ_MAXMSGSIZE, garbage in the ZMTP stream):
         # the link watches for drops and connects again itself (_restore_connection).
-        self._monitor = None if bind else self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._monitor = None if bind else self.sock.get_monitor_socket(_WATCHED_EVENTS)
         self._watch_after = 0  # perf_counter_ns() before which a drain does not look at the monitor
         self.reconnects = 0
         if bind:
@@ -224,17 +230,23 @@ class Link:
                 if deadline is not None and time.monotonic() >= deadline:
                     return -1
 
-    def _restore_connection(self) -> None:
-        """Connect again if the monitor saw the connection dropped. libzmq's own reconnect (after
-        a lost connection) is replaced by this one; after a protocol error there is no other."""
-        dropped = False
+    def _monitor_events(self) -> list[int]:
+        events = []
         while True:
             try:
-                self._monitor.recv_multipart(zmq.NOBLOCK)
+                events.append(_EVENT.unpack_from(self._monitor.recv_multipart(zmq.NOBLOCK)[0])[0])
             except zmq.Again:
-                break
-            dropped = True
-        if dropped:
+                return events
+
+    def _restore_connection(self) -> None:
+        """Connect again if the monitor saw the connection dropped and libzmq does not reconnect
+        (it does after a lost connection, announcing CONNECT_RETRIED; not after a protocol error)."""
+        events = self._monitor_events()
+        if not events or events[-1] != zmq.EVENT_DISCONNECTED:
+            return
+        if self._monitor.poll(_RETRY_ANNOUNCED_MS):
+            events += self._monitor_events()
+        if events[-1] == zmq.EVENT_DISCONNECTED:
             try:
                 self.sock.disconnect(self.endpoint)
             except zmq.ZMQError:  # libzmq already forgot the endpoint
