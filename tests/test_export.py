@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -96,3 +97,34 @@ def test_manifest_records_provenance_and_state_table(tiny_bundle):
     assert by_name["rtg"]["init"] == 50.0
     assert by_name["block0.C"]["shape"] == [2, 32, 32]  # heads, head_dim, head_dim (inner 64)
     assert set(manifest["files"]) >= {"policy.onnx", "parity.json", "reference/model.safetensors"}
+
+
+def test_refusal_names_only_what_is_over_and_the_tolerance_flag(tiny_checkpoint, tmp_path, monkeypatch):
+    """ONNX Runtime drifting in one state tensor only: the actions passed, so no 'first over at step None'."""
+    import policyrt.runtime
+    from policyrt.export.bundle_export import ExportError, export_bundle
+
+    real = policyrt.runtime.make_backend
+
+    def drifting(bundle, name, batch_size, **options):
+        backend = real(bundle, name, batch_size, **options)
+        state = backend.state
+        backend.state = lambda: {k: v + (1.0 if k == "block0.n" else 0.0) for k, v in state().items()}
+        return backend
+
+    monkeypatch.setattr(policyrt.runtime, "make_backend", drifting)
+    with pytest.raises(ExportError) as refused:
+        export_bundle(tiny_checkpoint, tmp_path / "never.policy", progress=lambda *_: None)
+    message = str(refused.value)
+    assert "state block0.n" in message and "--tolerance" in message
+    assert re.search(r"\): state block0\.n [0-9.e+-]+ \(scaled by its size\)\. ", message)  # the only one named
+    assert "None" not in message
+
+
+def test_the_default_gate_is_the_larger_of_1e5_and_the_fp32_steps_own_noise():
+    from policyrt.export.parity import NOISE_CAP, export_bound
+
+    assert export_bound(None, {"action": 1e-7, "state": 2e-7}) == 1e-5  # a well-conditioned model
+    assert export_bound(None, {"action": 6e-6, "state": 5e-6}) == pytest.approx(2.4e-5)  # 4 x its fp32 noise
+    assert export_bound(None, {"action": 1e-3, "state": 0.0}) == NOISE_CAP  # too ill-conditioned: capped
+    assert export_bound(3e-6, {"action": 6e-6, "state": 0.0}) == 3e-6  # an explicit --tolerance is applied as given
