@@ -251,10 +251,41 @@ def test_finiteness_check_finds_any_bad_value_at_any_position_and_passes_extreme
         floats(4, 1, 0, -1, 1) + b'{"act_names": ["a", "b"]}',  # wrong count
         floats(4, 1, 0, -1, 1) + b'{"obs_names": "xyz"}',
         floats(4, 1, 0, -1, 1) + b'{"robot": 7}',
+        # NaN and Infinity are not JSON (RFC 8259), though Python's json.loads takes them
+        floats(4, 1, 0, -1, 1) + b'{"robot": "r", "gain": NaN}',
+        floats(4, 1, 0, -1, 1) + b'{"limits": [Infinity, -Infinity]}',
+        # data frames that could never be received: OBS of 20000 floats, OBS_BATCH of 4000 slots
+        floats(20000, 1, 0, -1, 1),
+        floats(4, 1, 0, -1, 1) + b'{"num_envs": 4000}',
     ],
 )
 def test_invalid_spec_content(payload):
     assert kind_of(frame(MsgType.SPEC, payload)) == "spec"
+
+
+def test_the_largest_spec_whose_frames_fit_is_accepted_and_its_frames_fit_the_buffer():
+    """MAX_FRAME_BYTES bounds every frame of every session a receiver accepts."""
+    from policyrt.protocol import MAX_FRAME_BYTES, batch_frame_bytes
+
+    slots = (MAX_FRAME_BYTES - HEADER_SIZE) // (4 * (3 + 4 + 1))  # obs_dim 4, act_dim 1
+    msg = decode(frame(MsgType.SPEC, floats(4, 1, 0, -1, 1) + b'{"num_envs": %d}' % slots))
+    assert msg.spec.num_envs == slots
+    assert batch_frame_bytes(MsgType.OBS_BATCH, slots, 4) <= MAX_FRAME_BYTES
+    assert kind_of(frame(MsgType.SPEC, floats(4, 1, 0, -1, 1) + b'{"num_envs": %d}' % (slots + 1))) == "spec"
+
+
+def test_a_spec_is_never_encoded_with_nan_in_its_text():
+    with pytest.raises(ValueError):
+        Encoder().spec(pendulum_spec(extra={"gain": float("nan")}))
+
+
+@pytest.mark.parametrize("mtype", [MsgType.OBS, MsgType.ACT, MsgType.HELLO, MsgType.SPEC])
+def test_seq_0_is_refused_it_is_never_a_sequence_number(mtype):
+    payload = {MsgType.OBS: floats(0, 0, 0, 0, 1), MsgType.ACT: floats(0.5)}.get(mtype, b"")
+    if mtype is MsgType.SPEC:
+        payload = floats(4, 1, 0, -1, 1)
+    assert kind_of(frame(mtype, payload, seq=0), obs_dim=4, act_dim=1) == "seq"
+    decode(frame(mtype, payload, seq=1), obs_dim=4, act_dim=1)  # the same frame with seq 1 is valid
 
 
 def test_error_carries_kind_and_detail_and_refuses_unknown_kinds():
