@@ -28,7 +28,7 @@ STAMP_SUFFIX = ".verified.json"
 STAMP_FORMAT = 1
 
 INSTALL_HINT = (
-    "on a Jetson, TensorRT comes with JetPack (JetPack 6 = TensorRT 10.3: `sudo apt install nvidia-jetpack`; "
+    "on a Jetson, TensorRT comes with JetPack (JetPack 6.1/6.2 = TensorRT 10.3: `sudo apt install nvidia-jetpack`; "
     "its Python module is system-wide, so make the virtualenv with --system-site-packages); elsewhere install "
     "TensorRT 10.x/11.x from NVIDIA (`pip install tensorrt`). cuda-python: `pip install 'policyrt[gpu]'`"
 )
