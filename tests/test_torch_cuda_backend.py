@@ -19,7 +19,6 @@ pytest.importorskip("xlstm")
 from conftest import SHIPPED_BUNDLE, SHIPPED_DT_BUNDLE, tiny_dt_policy, tiny_policy  # noqa: E402
 
 import policyrt.runtime as runtime  # noqa: E402
-from policyrt.arrays import decode_array  # noqa: E402
 from policyrt.bundle import open_bundle  # noqa: E402
 from policyrt.runtime.graph_capture import Phase  # noqa: E402
 from policyrt.runtime.session import Session  # noqa: E402
@@ -81,7 +80,10 @@ def test_cpu_wiring_reproduces_parity_like_onnxruntime(kind):
     ours = replay(cpu_backend(SHIPPED[kind], inputs["obs"].shape[1]), inputs)
     ort = replay(OnnxRuntimeBackend(bundle, inputs["obs"].shape[1]), inputs)
     np.testing.assert_allclose(ours, ort, atol=1e-5)
-    np.testing.assert_allclose(ours, decode_array(bundle.parity()["reference"]["action"]), atol=1e-6)
+    # The same torch fp32 step without the packed buffers and ping-pong: the wiring must change nothing.
+    # (Not parity.json's reference: that is the float64 step, and a re-export can move it ~3e-6 from fp32.)
+    plain = replay(TorchBackend(bundle, inputs["obs"].shape[1]), inputs)
+    np.testing.assert_allclose(ours, plain, atol=1e-6)
 
 
 def test_a_tick_reads_one_state_set_and_writes_the_other():
