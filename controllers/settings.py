@@ -125,7 +125,8 @@ class SessionSettings:
         (policyrt.signing.UntrustedBundle) before a backend is made."""
         from policyrt.runtime import load
 
-        session = load(bundle, backend=self.backend, batch_size=batch_size, **self.backend_options())
+        session = load(bundle, backend=self.backend, batch_size=batch_size, trust=self.trust,
+                       **self.backend_options())
         if self.target_return is not None:
             session.set_target_return(self.target_return)
         return session

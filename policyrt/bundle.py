@@ -21,6 +21,9 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 # Engines are built on the board after the bundle was made; they carry their own verify stamps.
 UNCHECKED_DIRS = ("engines",)
+# Signatures over the bundle digest (policyrt/signing.py): outside `files` and the digest, so that
+# signing changes nothing that is signed.
+SIGNATURES = "signatures.json"
 
 
 class BundleError(ValueError):
@@ -80,6 +83,14 @@ def _vector(values, n: int, name: str, where: str) -> np.ndarray:
     return array
 
 
+def bundle_digest(doc: dict) -> str:
+    """sha256 (hex) of the canonical JSON of the manifest without `engines`: the manifest lists the
+    sha256 of every file, so this covers the whole bundle except the engines built on a board."""
+    canonical = json.dumps({k: v for k, v in doc.items() if k != "engines"}, sort_keys=True,
+                           separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -103,6 +114,10 @@ class Bundle:
 
     def parity(self) -> dict:
         return json.loads(self.parity_path.read_text())
+
+    @property
+    def digest(self) -> str:
+        return bundle_digest(self.manifest.raw)
 
 
 def open_bundle(path, verify_checksums: bool = True) -> Bundle:
@@ -155,7 +170,7 @@ def write_manifest(bundle_dir: Path, doc: dict) -> None:
     files = {}
     for member in sorted(bundle_dir.rglob("*")):
         rel = member.relative_to(bundle_dir).as_posix()
-        if member.is_file() and rel != MANIFEST and rel.split("/")[0] not in UNCHECKED_DIRS:
+        if member.is_file() and rel not in (MANIFEST, SIGNATURES) and rel.split("/")[0] not in UNCHECKED_DIRS:
             files[rel] = sha256_file(member)
     doc = {**doc, "schema_version": SCHEMA_VERSION, "files": files}
     (bundle_dir / MANIFEST).write_text(json.dumps(doc, indent=2) + "\n")

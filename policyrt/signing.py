@@ -35,9 +35,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from policyrt.bundle import BundleError
+from policyrt.bundle import SIGNATURES, BundleError
 
-SIGNATURES = "signatures.json"
 SIGNATURES_VERSION = 1
 # Domain separation: a signature made for a bundle can never be replayed as one over anything else.
 DOMAIN = b"policyrt-bundle-signature-v1\n"

@@ -61,9 +61,11 @@ def make_backend(bundle, name: str, batch_size: int, **options):
     return backend_class(name)(bundle, batch_size, **options)
 
 
-def load(path, backend: str = AUTO, batch_size: int = 1, **options):
+def load(path, backend: str = AUTO, batch_size: int = 1, trust=None, **options):
     """Open the bundle at `path` (checksums verified) and return a Session with `batch_size` slots.
 
+    trust: a trust directory; the bundle must carry a signature by one of its keys
+    (policyrt.signing.check_trusted, raising UntrustedBundle) before a backend is made.
     `options` go to the backend, e.g. `precision="fp16"` for tensorrt. A tensorrt engine without a verify
     stamp for this board is refused unless `require_verified=False` is passed explicitly."""
     from policyrt.bundle import open_bundle
@@ -73,6 +75,10 @@ def load(path, backend: str = AUTO, batch_size: int = 1, **options):
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     bundle = open_bundle(path)
+    if trust is not None:
+        from policyrt.signing import check_trusted
+
+        check_trusted(bundle, trust, where=path)
     return Session(bundle, make_backend(bundle, backend, batch_size, **options))
 
 

@@ -110,8 +110,7 @@ def untrusted(session: SessionSettings, bundles) -> str | None:
 
     for path in dict.fromkeys(bundles):
         try:
-            with open_bundle(path) as bundle:
-                check_trusted(bundle, session.trust, where=path)
+            check_trusted(open_bundle(path), session.trust, where=path)
         except BundleError as refused:
             return str(refused)
     return None

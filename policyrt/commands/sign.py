@@ -50,8 +50,7 @@ def handle(args: argparse.Namespace) -> int:
         return 2
     try:
         secret = load_secret_key(args.key)
-        with open_bundle(path) as bundle:
-            entry = sign_bundle(bundle, secret, args.signer)
+        entry = sign_bundle(open_bundle(path), secret, args.signer)
     except (BundleError, SigningError, OSError) as exc:
         print(f"policyrt sign: {exc}", file=sys.stderr)
         return 2
