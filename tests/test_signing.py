@@ -253,12 +253,27 @@ def test_session_settings_load_checks_the_signature_before_a_backend_is_made(tmp
     session.close()
 
 
-@pytest.mark.parametrize("command", [["eval", "--env", "InvertedPendulum-v5", "--episodes", "1"], ["bench", "--steps", "1"]])
-def test_commands_with_child_processes_check_trust_before_starting_any(tmp_path, release, command):
+@pytest.mark.parametrize("command, code", [
+    (["run", "--connect", "ipc:///tmp/policyrt-nowhere"], 2),
+    (["compare", "--reference", XLSTM / "reference"], 1),
+    # eval, bench and demo check once, before they start the processes that load the session.
+    (["eval", "--env", "InvertedPendulum-v5", "--episodes", "1"], 2),
+    (["bench", "--steps", "1"], 2),
+])
+def test_every_command_that_loads_a_session_refuses_an_unsigned_bundle(tmp_path, release, command, code):
     _, trust, _ = release
     bundle = copy_bundle(XLSTM, tmp_path / "unsigned.policy")
     proc = cli(command[0], bundle, *command[1:], "--trust", trust)
-    assert proc.returncode == 2 and "not signed by any key" in one_line(proc)
+    assert proc.returncode == code and "not signed by any key" in one_line(proc)
+
+
+def test_demo_checks_every_bundle_before_it_starts(tmp_path, release):
+    secret, trust, _ = release
+    signed = signed_copy(XLSTM, tmp_path / "signed.policy", secret)
+    unsigned = copy_bundle(DT, tmp_path / "unsigned.policy")
+    proc = cli("demo", "--bundle", signed, "--bundle", unsigned, "--trust", trust, "--report", tmp_path / "r")
+    assert proc.returncode == 2 and f"{unsigned}: not signed by any key" in one_line(proc)
+    assert not (tmp_path / "r").exists()  # nothing ran
 
 
 # --- the daemon ---
