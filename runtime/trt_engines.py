@@ -13,19 +13,14 @@ Pure standard library: tensorrt and cuda-python are imported only inside the two
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from policyrt.bundle import sha256_file
+from . import stamps
 
 ENGINES_DIR = "engines"
 PRECISIONS = ("fp32", "fp16")
-STAMP_SUFFIX = ".verified.json"
-STAMP_FORMAT = 1
 
 INSTALL_HINT = (
     "on a Jetson, TensorRT comes with JetPack (JetPack 6.1/6.2 = TensorRT 10.3: `sudo apt install nvidia-jetpack`; "
@@ -78,10 +73,6 @@ def find_engine(bundle_dir, gpu_name: str, trt_version: str, precision: str | No
     )
 
 
-def stamp_path(engine: Path) -> Path:
-    return Path(engine).with_name(Path(engine).name + STAMP_SUFFIX)
-
-
 @dataclass(frozen=True)
 class Stamp:
     engine: str
@@ -93,47 +84,22 @@ class Stamp:
     errors: dict
     verified_at: str
 
-    def to_dict(self) -> dict:
-        return {"format": STAMP_FORMAT, **self.__dict__}
-
 
 def write_stamp(engine: Path, gpu: str, tensorrt: str, precision: str, tolerance: float, errors: dict,
                 now: float | None = None) -> Path:
     """Record that `engine` (its current bytes) passed verify on this GPU and TensorRT version."""
-    engine = Path(engine)
-    stamp = Stamp(
-        engine=engine.name, engine_sha256=sha256_file(engine), gpu=gpu, tensorrt=tensorrt, precision=precision,
-        tolerance=float(tolerance), errors=errors,
-        verified_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if now is None else now)),
-    )
-    path = stamp_path(engine)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(stamp.to_dict(), indent=2) + "\n")
-    os.replace(tmp, path)  # a half-written stamp must never exist under the real name
-    return path
+    return stamps.write_stamp(engine, {"gpu": gpu, "tensorrt": tensorrt, "precision": precision}, tolerance, errors, now)
 
 
 def check_stamp(engine: Path, gpu: str, tensorrt: str) -> Stamp:
     """The engine's stamp if it matches the engine's bytes, this GPU and this TensorRT; else EngineNotVerified."""
     engine = Path(engine)
-    path = stamp_path(engine)
-    how = f"run `policyrt verify {engine.parent.parent} --backend tensorrt` on this board"
-    if not path.is_file():
-        raise EngineNotVerified(f"{engine}: has not passed verify on this board (no {path.name}); {how}")
+    how = f"policyrt verify {engine.parent.parent} --backend tensorrt"
+    doc = stamps.check_stamp(engine, {"gpu": gpu, "tensorrt": tensorrt}, how, error=EngineNotVerified)
     try:
-        doc = json.loads(path.read_text())
-        doc.pop("format", None)
-        stamp = Stamp(**doc)
-    except (ValueError, TypeError) as err:
-        raise EngineNotVerified(f"{path}: unreadable verify stamp ({err}); {how}") from err
-    if stamp.engine_sha256 != sha256_file(engine):
-        raise EngineNotVerified(f"{engine}: changed since it passed verify (sha256 differs from {path.name}); {how}")
-    for field, current in (("gpu", gpu), ("tensorrt", tensorrt)):
-        if getattr(stamp, field) != current:
-            raise EngineNotVerified(
-                f"{engine}: verified with {field} {getattr(stamp, field)!r}, this board has {current!r}; {how}"
-            )
-    return stamp
+        return Stamp(**doc)
+    except TypeError as err:
+        raise EngineNotVerified(f"{stamps.stamp_path(engine)}: unreadable verify stamp ({err}); run `{how}`") from err
 
 
 def current_gpu_name(device: int = 0) -> str:

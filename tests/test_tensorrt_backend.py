@@ -21,7 +21,8 @@ import policyrt
 import policyrt.runtime
 from policyrt.arrays import decode_array, encode_array
 from policyrt.bundle import open_bundle, write_manifest
-from policyrt.runtime.trt_engines import EngineNotVerified, check_stamp, engine_filename, stamp_path
+from policyrt.runtime.stamps import stamp_path
+from policyrt.runtime.trt_engines import EngineNotVerified, check_stamp, engine_filename
 from policyrt.runtime.verify import TENSORRT_FP16_TOLERANCE, TENSORRT_FP32_TOLERANCE, verify_backend
 
 HAVE_TENSORRT = importlib.util.find_spec("tensorrt") is not None

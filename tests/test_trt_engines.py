@@ -9,13 +9,13 @@ import pytest
 from conftest import SHIPPED_BUNDLE
 
 from policyrt.bundle import open_bundle
+from policyrt.runtime.stamps import stamp_path
 from policyrt.runtime.trt_engines import (
     EngineNotVerified,
     check_stamp,
     engine_filename,
     find_engine,
     sanitize,
-    stamp_path,
     write_stamp,
 )
 

@@ -1,0 +1,180 @@
+"""Compile a bundle's step graph with IREE for one CPU and one batch size (`policyrt build-engine --backend iree`).
+
+ONNX (opset 17, as exported) -> rewritten for the backend (below) -> `iree-import-onnx` -> `iree-compile`
+for llvm-cpu -> `engines/iree-<cpu>-b<batch>.vmfb`, recorded in the manifest's `engines` with the
+compiler version, its flags, the target CPU and the bundle digest it was built from.
+
+The rewrite, done with the `onnx` package before import: the batch dimension becomes the fixed `batch`
+(a dynamic-batch build runs 2.7x slower: issue 17), the float host inputs arrive packed as one `host`
+tensor and the recurrent state as one carry per dtype (iree_artifacts.carry_layout), the action being
+the first columns of the float32 carry's output. The step graph's own nodes are untouched: new Split /
+Reshape nodes produce the tensors its nodes read, under their contract names, and a Concat gathers the
+outputs. Nothing is half-written: the artifact is compiled into a temporary file and renamed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+from policyrt import contract
+from policyrt.bundle import Bundle, sha256_file
+
+from .iree_artifacts import (
+    FUNCTION,
+    HOST,
+    INSTALL_HINT,
+    RESET_INPUT,
+    artifact_path,
+    carry_layout,
+    default_triple,
+    host_columns,
+    target_cpu_id,
+)
+
+# issue 17's measurements: O3, aggressive fusion and ukernels take the xLSTM step from 58 to 34
+# dispatches. The target CPU flag is added per build.
+COMPILE_FLAGS = ("--iree-opt-level=O3", "--iree-dispatch-creation-enable-aggressive-fusion=true",
+                 "--iree-llvmcpu-enable-ukernels=all")
+
+
+class IreeBuildError(RuntimeError):
+    """The import or the compile failed; one line, the tool's first error."""
+
+
+def compiler_version() -> str:
+    try:
+        return metadata.version("iree-base-compiler")
+    except metadata.PackageNotFoundError as err:
+        raise ImportError(f"the IREE compiler (iree-base-compiler) is not installed: {INSTALL_HINT}") from err
+
+
+def packed_step_model(model, manifest, batch: int):
+    """The step graph of `model` with a fixed batch, packed host inputs and one state carry per dtype."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    carries = carry_layout(manifest)
+    keep_inputs = {RESET_INPUT}
+    nodes, counter = [], iter(range(1 << 30))
+
+    def constant(values) -> str:
+        import numpy as np
+
+        name = f"iree_pack.c{next(counter)}"
+        nodes.append(helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(values, np.int64))))
+        return name
+
+    def split(source: str, widths: list[int], names: list[str], shapes: list[tuple[int, ...]]) -> None:
+        pieces = [f"{n}.packed" for n in names]
+        nodes.append(helper.make_node("Split", [source, constant(widths)], pieces, axis=1))
+        for piece, name, shape in zip(pieces, names, shapes):
+            nodes.append(helper.make_node("Reshape", [piece, constant([batch, *shape])], [name]))
+
+    columns = host_columns(manifest)
+    host_names = list(columns)
+    split(HOST, [stop - start for start, stop in columns.values()], host_names,
+          [contract.HOST_INPUTS[contract.INPUTS.index(n)].shape(manifest.obs_dim, manifest.act_dim) for n in host_names])
+    new_inputs = [helper.make_tensor_value_info(HOST, TensorProto.FLOAT, [batch, columns[host_names[-1]][1]])]
+    new_outputs = []
+    gather = []
+    for carry in carries:
+        names = [s.state.input_name for s in carry.slices]
+        shapes = [s.state.shape for s in carry.slices]
+        widths = [s.stop - s.start for s in carry.slices]
+        if carry.action_columns:
+            names, shapes, widths = [f"{carry.input_name}.action_in", *names], [(carry.action_columns,), *shapes], \
+                [carry.action_columns, *widths]
+        split(carry.input_name, widths, names, shapes)
+        elem = helper.np_dtype_to_tensor_dtype(__import__("numpy").dtype(carry.dtype))
+        new_inputs.append(helper.make_tensor_value_info(carry.input_name, elem, [batch, carry.width]))
+        outs = ([contract.ACTION] if carry.action_columns else []) + [s.state.output_name for s in carry.slices]
+        flat = []
+        for name in outs:
+            flat.append(f"{name}.flat")
+            gather.append(helper.make_node("Reshape", [name, constant([batch, -1])], [flat[-1]]))
+        gather.append(helper.make_node("Concat", flat, [carry.output_name], axis=1))
+        new_outputs.append(helper.make_tensor_value_info(carry.output_name, elem, [batch, carry.width]))
+    reset = next(i for i in graph.input if i.name in keep_inputs)
+    reset_info = helper.make_tensor_value_info(RESET_INPUT, reset.type.tensor_type.elem_type, [batch])
+    # Argument order: host, reset, then the carries (what the backend pushes).
+    new_graph = helper.make_graph([*nodes, *graph.node, *gather], FUNCTION, [new_inputs[0], reset_info, *new_inputs[1:]],
+                                  new_outputs,
+                                  initializer=list(graph.initializer))
+    packed = helper.make_model(new_graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    onnx.checker.check_model(packed)
+    return packed
+
+
+def compile_flags(target_cpu: str, triple: str | None) -> list[str]:
+    flags = ["--iree-hal-target-device=local", "--iree-hal-local-target-device-backends=llvm-cpu",
+             f"--iree-llvmcpu-target-cpu={target_cpu}", *COMPILE_FLAGS]
+    if triple:
+        flags.append(f"--iree-llvmcpu-target-triple={triple}")
+    return flags
+
+
+def _first_error(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    return (errors or lines or ["(no output)"])[0][:300]
+
+
+def compile_step(bundle: Bundle, batch: int, out: Path, target_cpu: str = "host", triple: str | None = None) -> list[str]:
+    """Write the compiled artifact for `batch` to `out` (via a temporary file); returns the compile flags."""
+    try:
+        import onnx
+        from iree.compiler import tools as iree_tools
+    except ImportError as err:
+        raise ImportError(f"building an IREE artifact needs the IREE compiler and onnx: {INSTALL_HINT}") from err
+    flags = compile_flags(target_cpu, triple)
+    with tempfile.TemporaryDirectory(prefix="policyrt-iree-") as work:
+        graph = Path(work) / "step.onnx"
+        onnx.save(packed_step_model(onnx.load(str(bundle.onnx_path)), bundle.manifest, batch), str(graph))
+        mlir = Path(work) / "step.mlir"
+        imported = subprocess.run([sys.executable, "-m", "iree.compiler.tools.import_onnx", str(graph), "-o", str(mlir)],
+                                  capture_output=True, text=True)
+        if imported.returncode != 0:
+            raise IreeBuildError(f"iree-import-onnx could not import {bundle.onnx_path}: {_first_error(imported.stderr)}")
+        tmp = out.with_name(out.name + ".tmp")
+        try:
+            iree_tools.compile_file(str(mlir), output_file=str(tmp), extra_args=flags)
+            os.replace(tmp, out)
+        except iree_tools.CompilerToolError as err:
+            raise IreeBuildError(f"iree-compile failed for {out.name}: {_first_error(str(err))}") from err
+        finally:
+            tmp.unlink(missing_ok=True)
+    return flags
+
+
+def build_artifact(bundle: Bundle, batch: int = 1, target_cpu: str = "host", triple: str | None = None,
+                   echo=print) -> Path:
+    """Compile `engines/iree-<cpu>-b<batch>.vmfb`, record it in the manifest, return its path."""
+    from policyrt.export.trt_build import record_engine
+
+    if batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {batch}")
+    version = compiler_version()
+    triple = triple or default_triple(target_cpu)
+    cpu = target_cpu_id(target_cpu, triple)
+    out = artifact_path(bundle.path, cpu, batch)
+    out.parent.mkdir(exist_ok=True)
+    echo(f"compiling {out.name}: IREE {version}, llvm-cpu, target CPU {target_cpu} ({cpu}), batch {batch}")
+    started = time.perf_counter()
+    flags = compile_step(bundle, batch, out, target_cpu, triple)
+    seconds = time.perf_counter() - started
+    record_engine(bundle.path, {
+        "file": out.name, "backend": "iree", "sha256": sha256_file(out), "cpu": cpu, "target_cpu": target_cpu,
+        "target_triple": triple, "batch": batch, "compiler": f"iree-base-compiler {version}", "flags": flags,
+        "onnx_sha256": sha256_file(bundle.onnx_path), "bundle_digest": bundle.digest,
+        "build_seconds": round(seconds, 2),
+    })
+    echo(f"wrote {out} ({out.stat().st_size // 1024} KiB, {seconds:.1f} s); before use: "
+         f"policyrt verify {bundle.path} --backend iree")
+    return out
