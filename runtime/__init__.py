@@ -31,6 +31,7 @@ BACKENDS = {
     "tensorrt": BackendEntry("tensorrt_backend", "TensorRTBackend", ("trt",), "this board's TensorRT engine"),
     "torch-cuda": BackendEntry("torch_cuda_backend", "TorchCudaBackend", ("torch_cuda",),
                                "the PyTorch reference on a CUDA GPU, replayed as CUDA graphs"),
+    "iree": BackendEntry("iree_backend", "IreeBackend", (), "this CPU's IREE-compiled step (build-engine --backend iree)"),
 }
 ALIASES = {alias: name for name, entry in BACKENDS.items() for alias in entry.aliases}  # alias -> registered name
 

@@ -91,8 +91,8 @@ def build_command(bundle_dir, batch: int) -> str:
     return f"policyrt build-engine {bundle_dir} --backend iree --batch {batch}"
 
 
-def verify_command(bundle_dir) -> str:
-    return f"policyrt verify {bundle_dir} --backend iree"
+def verify_command(bundle_dir, batch: int) -> str:
+    return f"policyrt verify {bundle_dir} --backend iree" + (f" --batch {batch}" if batch != 1 else "")
 
 
 def find_artifact(bundle, batch: int, cpu: str | None = None) -> tuple[Path, dict]:

@@ -55,7 +55,8 @@ class IreeBackend(Backend):
         self.stamp = None
         if require_verified:
             try:
-                self.stamp = check_stamp(self.artifact_path, {"cpu": self.cpu}, verify_command(bundle.path))
+                self.stamp = check_stamp(self.artifact_path, {"cpu": self.cpu, "batch": batch_size},
+                                         verify_command(bundle.path, batch_size))
             except StampError as err:
                 raise ArtifactError(str(err)) from err
         m = bundle.manifest

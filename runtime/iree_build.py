@@ -35,6 +35,7 @@ from .iree_artifacts import (
     default_triple,
     host_columns,
     target_cpu_id,
+    verify_command,
 )
 
 # issue 17's measurements: O3, aggressive fusion and ukernels take the xLSTM step from 58 to 34
@@ -175,6 +176,6 @@ def build_artifact(bundle: Bundle, batch: int = 1, target_cpu: str = "host", tri
         "onnx_sha256": sha256_file(bundle.onnx_path), "bundle_digest": bundle.digest,
         "build_seconds": round(seconds, 2),
     })
-    echo(f"wrote {out} ({out.stat().st_size // 1024} KiB, {seconds:.1f} s); before use: "
-         f"policyrt verify {bundle.path} --backend iree")
+    echo(f"wrote {out} ({out.stat().st_size // 1024} KiB, {seconds:.1f} s); before use, on that CPU: "
+         f"{verify_command(bundle.path, batch)}")
     return out

@@ -75,7 +75,7 @@ class VerifyReport:
             lines.append(f"  {o.name:<24} max abs {o.max_abs:.2e}  max rel {o.max_rel:.2e}  judged {o.max_judged:.2e}  {where}")
         lines.append("PASS" if self.ok else "FAIL: this backend does not reproduce the reference policy")
         if self.stamp:
-            lines.append(f"stamp written: {self.stamp} (the tensorrt backend now accepts this engine on this board)")
+            lines.append(f"stamp written: {self.stamp} (the {self.backend} backend now accepts it on this machine)")
         return "\n".join(lines)
 
 
@@ -128,17 +128,30 @@ def compare(name: str, got: np.ndarray, want: np.ndarray, tolerance: float, size
     )
 
 
+def slot_passes(parity_batch: int, batch: int) -> list[list[int]]:
+    """The parity slots each replay feeds a backend of `batch` slots, so that every recorded slot is
+    replayed: one pass when the batches match, several for a smaller fixed-batch artifact, slots repeated
+    to fill a larger one."""
+    passes = -(-parity_batch // batch)
+    return [[(k * batch + j) % parity_batch for j in range(batch)] for k in range(passes)]
+
+
 def parity_report(backend, parity: dict, inputs: dict[str, np.ndarray], tolerance: float) -> VerifyReport:
-    """Replay parity.json's `inputs` on `backend` (sized for its batch); every action and the final state
-    compared with the recorded reference."""
-    steps, batch = inputs[contract.OBS].shape[:2]
-    actions = replay(backend, inputs)
-    final = backend.state()
+    """Replay parity.json's `inputs` on `backend` (every recorded slot, in passes of the backend's batch:
+    step 0 resets every slot); every action and the final state compared with the recorded reference."""
+    steps = inputs[contract.OBS].shape[0]
     reference = parity["reference"]
-    report = VerifyReport(backend=backend.name, steps=steps, batch=batch, tolerance=tolerance)
-    report.outputs.append(compare("action", actions, decode_array(reference["action"]), tolerance))
+    actions, finals, order = [], [], []
+    for slots in slot_passes(inputs[contract.OBS].shape[1], backend.batch_size):
+        actions.append(replay(backend, {name: series[:, slots] for name, series in inputs.items()}))
+        finals.append(backend.state())
+        order += slots
+    report = VerifyReport(backend=backend.name, steps=steps, batch=backend.batch_size, tolerance=tolerance)
+    report.outputs.append(compare("action", np.concatenate(actions, axis=1),
+                                  decode_array(reference["action"])[:, order], tolerance))
     for name, doc in reference["final_state"].items():
-        report.outputs.append(compare(f"{contract.state_name(name)} (final)", final[name][None], decode_array(doc)[None],
+        got = np.concatenate([final[name] for final in finals])
+        report.outputs.append(compare(f"{contract.state_name(name)} (final)", got[None], decode_array(doc)[order][None],
                                       tolerance, size_scaled=True))
     return report
 
@@ -153,25 +166,30 @@ def default_tolerance(backend, parity: dict) -> float:
     return float(parity.get("tolerance", DEFAULT_TOLERANCE))
 
 
-def verify_backend(bundle: Bundle, backend_name: str = "onnxruntime", tolerance: float | None = None,
-                   **options) -> VerifyReport:
-    """Replay parity.json on a backend; for tensorrt, a pass also writes the engine's verify stamp.
+STAMPED = ("tensorrt", "iree")  # backends whose board-built artifact needs a verify stamp before it may run
 
-    `options` go to the backend (tensorrt: `precision`). verify is what makes a TensorRT engine usable, so
-    it opens the engine with `require_verified=False`.
+
+def verify_backend(bundle: Bundle, backend_name: str = "onnxruntime", tolerance: float | None = None,
+                   batch_size: int | None = None, **options) -> VerifyReport:
+    """Replay parity.json on a backend; for tensorrt and iree, a pass also writes the artifact's verify stamp.
+
+    `options` go to the backend (tensorrt: `precision`). verify is what makes a TensorRT engine or an IREE
+    artifact usable, so it opens it with `require_verified=False`. `batch_size`: the backend's slots
+    (default: parity.json's; iree: 1, the fixed batch of the artifact to verify).
     """
     from . import make_backend, resolve_backend
 
     name = resolve_backend(backend_name)
-    if name == "tensorrt":
+    if name in STAMPED:
         options.setdefault("require_verified", False)
     parity = bundle.parity()
     inputs = parity_inputs(parity)
-    backend = make_backend(bundle, name, inputs[contract.OBS].shape[1], **options)
+    batch = batch_size or (1 if name == "iree" else inputs[contract.OBS].shape[1])
+    backend = make_backend(bundle, name, batch, **options)
     try:
         tol = float(tolerance if tolerance is not None else default_tolerance(backend, parity))
         report = parity_report(backend, parity, inputs, tol)
-        if backend.name == "tensorrt" and report.ok:
+        if backend.name in STAMPED and report.ok:
             report.stamp = str(stamp_engine(backend, report))
     finally:
         backend.close()
@@ -179,9 +197,14 @@ def verify_backend(bundle: Bundle, backend_name: str = "onnxruntime", tolerance:
 
 
 def stamp_engine(backend, report: VerifyReport):
-    """Write the verify stamp of the engine `backend` ran (keyed by the engine file's sha256)."""
+    """Write the verify stamp of the engine or artifact `backend` ran (keyed by the file's sha256)."""
+    errors = {o.name: o.max_judged for o in report.outputs}
+    if backend.name == "iree":
+        from .stamps import write_stamp
+
+        return write_stamp(backend.artifact_path, {"cpu": backend.cpu, "batch": backend.batch_size},
+                           report.tolerance, errors)
     from .trt_engines import write_stamp
 
-    errors = {o.name: o.max_judged for o in report.outputs}
     return write_stamp(backend.engine_path, backend.gpu_name, backend.tensorrt_version, backend.precision,
                        report.tolerance, errors)

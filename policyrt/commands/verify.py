@@ -27,6 +27,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("bundle", help="bundle directory or .tar")
     p.add_argument("--precision", choices=["fp32", "fp16"],
                    help="tensorrt: which engine to verify (default: fp32 if built, else fp16)")
+    p.add_argument("--batch", type=int, help="iree: the batch size of the artifact to verify (default 1; "
+                   "parity.json's slots are replayed in passes of this size)")
     p.add_argument("--tolerance", type=float, help="max abs error (default: parity.json's; tensorrt: 1e-4 fp32, 5e-3 fp16)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     from policyrt.commands._session_args import add_session_arguments
@@ -56,7 +58,7 @@ def handle(args) -> int:
         bundle = open_bundle(args.bundle)
         # The signature first: an untrusted bundle is not worth a parity replay.
         signed_by = check_trusted(bundle, session.trust, where=args.bundle) if session.trust else None
-        report = verify_backend(bundle, session.backend, args.tolerance, **options)
+        report = verify_backend(bundle, session.backend, args.tolerance, args.batch, **options)
     except (BundleError, ImportError, ValueError, RuntimeError, FileNotFoundError) as err:
         print(f"verify failed: {err}", file=sys.stderr)
         return 1
