@@ -68,10 +68,13 @@ def with_sigint(cmd: list[str], disposition: str = "SIG_DFL") -> list[str]:
     return [sys.executable, "-S", "-c", _SIGINT_LAUNCHER, disposition, *cmd]
 
 
-def _popen(cmd: list[str], sigint: str = "SIG_DFL") -> subprocess.Popen:
-    proc = subprocess.Popen(
-        with_sigint(cmd, sigint), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env()
-    )
+def _popen(cmd: list[str], sigint: str = "SIG_DFL", output: Path | None = None) -> subprocess.Popen:
+    """output: write stdout and stderr to that file instead of pipes, for a process that logs more
+    than a pipe holds while the test is not reading it (a full pipe blocks its writes)."""
+    sink = subprocess.PIPE if output is None else open(output, "w")  # noqa: SIM115 (the child holds it)
+    proc = subprocess.Popen(with_sigint(cmd, sigint), stdout=sink, stderr=sink, text=True, env=python_env())
+    if output is not None:
+        sink.close()
     _started.append(proc)
     return proc
 
@@ -83,23 +86,23 @@ def python_env() -> dict:
 
 
 def start_sim_server(
-    endpoint: str, *args: str, results: Path | None = None, sigint: str = "SIG_DFL"
+    endpoint: str, *args: str, results: Path | None = None, sigint: str = "SIG_DFL", output: Path | None = None
 ) -> subprocess.Popen:
     """`policyrt sim serve` for InvertedPendulum-v5 in its own process (sigint: see with_sigint)."""
     cmd = [sys.executable, "-m", "policyrt.cli", "sim", "serve", "--env", PENDULUM, "--bind", endpoint]
     cmd += ["--connect-timeout", str(PATIENCE_S), *args]
     if results is not None:
         cmd += ["--results", str(results)]
-    return _popen(cmd, sigint)
+    return _popen(cmd, sigint, output)
 
 
 def start_scripted_controller(endpoint: str, *args: str, sigint: str = "SIG_DFL") -> subprocess.Popen:
     return _popen([sys.executable, str(TESTS / "scripted_controller.py"), endpoint, *args], sigint)
 
 
-def start_policyrt(*args: str, sigint: str = "SIG_DFL") -> subprocess.Popen:
-    """`policyrt ARGS...` in its own process, output piped (sigint: see with_sigint)."""
-    return _popen([sys.executable, "-m", "policyrt.cli", *args], sigint)
+def start_policyrt(*args: str, sigint: str = "SIG_DFL", output: Path | None = None) -> subprocess.Popen:
+    """`policyrt ARGS...` in its own process, output piped or to `output` (sigint: see with_sigint)."""
+    return _popen([sys.executable, "-m", "policyrt.cli", *args], sigint, output)
 
 
 def wait_for_line(stream, needle: str) -> list[str]:
