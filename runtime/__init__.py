@@ -58,7 +58,12 @@ def backend_class(name: str) -> type:
 
 
 def make_backend(bundle, name: str, batch_size: int, **options):
-    """A backend of `batch_size` slots for `bundle`; `options` go to its constructor."""
+    """A backend of `batch_size` slots for `bundle`; `options` go to its constructor. `auto` without
+    options (they would be ONNX Runtime's) takes a verified IREE artifact for a recurrent bundle."""
+    if ALIASES.get(name, name) == AUTO and not options:
+        from .iree_artifacts import auto_choice
+
+        name = auto_choice(bundle, batch_size, AUTO_BACKEND)
     return backend_class(name)(bundle, batch_size, **options)
 
 

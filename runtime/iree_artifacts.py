@@ -178,3 +178,38 @@ def aligned_empty(shape: tuple[int, ...], dtype, alignment: int = ALIGNMENT) -> 
     raw = np.empty(nbytes + alignment, np.uint8)
     offset = (-raw.ctypes.data) % alignment
     return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
+# Policy kinds `auto` runs on IREE when a verified artifact is there: the compiled xLSTM step is 2.5-3x
+# ONNX Runtime's, the DT's 1.2x slower (arithmetic-bound: issue 17), so the DT stays on ONNX Runtime.
+AUTO_KINDS = ("xlstm",)
+_said: set[str] = set()
+
+
+def auto_choice(bundle, batch: int, fallback: str) -> str:
+    """`iree` for a bundle of AUTO_KINDS with a verified artifact for this CPU and `batch`, else `fallback`.
+    A bundle with IREE artifacts built gets what was chosen and why said once per process (stderr); one
+    without any stays quiet: ONNX Runtime is then simply the default."""
+    import sys
+
+    kind = (bundle.manifest.raw.get("policy") or {}).get("kind")
+    built = any(name.startswith(ARTIFACT_PREFIX) for name in bundle.manifest.raw.get("engines") or {})
+    if kind not in AUTO_KINDS or not built:
+        return fallback
+    from .stamps import check_stamp
+
+    try:
+        import importlib.util
+
+        if importlib.util.find_spec("iree.runtime") is None:
+            raise ArtifactError(f"the IREE runtime is not installed ({INSTALL_HINT})")
+        path, _ = find_artifact(bundle, batch)
+        check_stamp(path, {"cpu": this_cpu(), "batch": batch}, verify_command(bundle.path, batch), error=ArtifactError)
+        choice, why = "iree", f"{path.name}, verified on this CPU"
+    except (ArtifactError, ImportError, ValueError) as err:
+        choice, why = fallback, str(err)
+    message = f"backend auto: {choice} for {bundle.path} at batch {batch} ({why})"
+    if message not in _said:
+        _said.add(message)
+        print(message, file=sys.stderr)
+    return choice

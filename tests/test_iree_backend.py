@@ -240,3 +240,19 @@ def test_other_shipped_bundles_verify(name, tmp_path):
     backend = runtime.make_backend(open_bundle(path), "iree", 2)
     inputs = parity_inputs(open_bundle(path).parity())
     assert np.isfinite(replay(backend, inputs)).all()
+
+
+def test_auto_takes_a_verified_artifact_and_otherwise_says_once_why_not(verified, compiled, capsys):
+    with runtime.load(verified) as session:
+        assert session.backend_name == "iree"
+    assert "backend auto: iree" in capsys.readouterr().err
+    for _ in range(2):
+        with runtime.load(compiled, batch_size=2) as session:
+            assert session.backend_name == "onnxruntime"
+    err = capsys.readouterr().err
+    assert err.count("backend auto: onnxruntime") == 1 and "has not passed verify" in err
+    with runtime.load(verified, intra_op_threads=2) as session:  # ONNX Runtime's options: its backend
+        assert session.backend_name == "onnxruntime"
+    with runtime.load(BUNDLES / "reacher-dt.policy") as session, runtime.load(XLSTM) as plain:
+        assert session.backend_name == plain.backend_name == "onnxruntime"
+    assert capsys.readouterr().err == ""  # nothing built for them: the default, nothing to say
