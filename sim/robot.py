@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from policyrt.protocol import MAX_FRAME_BYTES, MsgType, SlotFlag, batch_frame_bytes
+from policyrt.protocol import MAX_FRAME_BYTES, SlotFlag, data_frame_bytes
 from policyrt.spec import MAX_NUM_ENVS, Spec
 
 log = logging.getLogger(__name__)
@@ -90,11 +90,12 @@ def check_layout(num_envs: int, seeding: str, episodes: int | None) -> None:
 
 
 def check_frame_fits(spec: Spec) -> None:
-    size = batch_frame_bytes(MsgType.OBS_BATCH, spec.num_envs, spec.obs_dim)
-    if spec.num_envs > 1 and size > MAX_FRAME_BYTES:
+    """Refuse a layout whose frames no receiver would take (its SPEC would be refused as `spec`)."""
+    size = data_frame_bytes(spec)
+    if size > MAX_FRAME_BYTES:
         raise ValueError(
-            f"{spec.num_envs} environments of obs_dim {spec.obs_dim} make {size}-byte OBS_BATCH frames; "
-            f"receivers take at most {MAX_FRAME_BYTES}: use fewer environments"
+            f"{spec.num_envs} environment(s) of obs_dim {spec.obs_dim}, act_dim {spec.act_dim} make {size}-byte "
+            f"frames; receivers take at most {MAX_FRAME_BYTES}: use fewer environments"
         )
 
 
