@@ -44,6 +44,21 @@ def is_state(tensor_name: str) -> bool:
     return tensor_name.startswith(_STATE_PREFIX)
 
 
+STATE_DTYPES = ("float32", "int32")  # what a state tensor may be (see the module docstring)
+# A bound far above any real policy's state (an xLSTM's C is NH x DH x DH), so that a manifest cannot
+# make the runtime allocate gigabytes per slot before the graph is even checked.
+MAX_STATE_ELEMENTS = 1 << 26
+
+
+def _is_int(value) -> bool:
+    """A JSON integer (bool is an int to Python, never to a manifest)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class StateTensor:
     """One row of the state table: what a step module declares and the manifest records."""
@@ -67,9 +82,24 @@ class StateTensor:
 
     @classmethod
     def from_dict(cls, row: dict) -> StateTensor:
-        """Read a manifest row; dtype and init are optional there (float32, 0.0). KeyError if a key is missing."""
-        return cls(str(row["name"]), tuple(int(d) for d in row["shape"]), str(row.get("dtype", "float32")),
-                   float(row.get("init", 0.0)))
+        """Read a manifest row; dtype and init are optional there (float32, 0.0). KeyError if a key is
+        missing; ValueError naming the key if a value is not one a graph and its buffers can hold."""
+        if not isinstance(row, dict):
+            raise ValueError(f"row is {row!r}: must be an object {{name, shape, dtype, init}}")
+        name, shape, dtype, init = row["name"], row["shape"], row.get("dtype", "float32"), row.get("init", 0.0)
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name is {name!r}: must be a non-empty string")
+        if not isinstance(shape, list) or not all(_is_int(d) and d >= 1 for d in shape):
+            raise ValueError(f"shape is {shape!r}: must be a list of integers >= 1 (without the batch dimension)")
+        if int(np.prod(shape)) > MAX_STATE_ELEMENTS:
+            raise ValueError(f"shape {shape} holds {int(np.prod(shape))} elements per slot, more than {MAX_STATE_ELEMENTS}")
+        if dtype not in STATE_DTYPES:
+            raise ValueError(f"dtype is {dtype!r}: must be one of {', '.join(STATE_DTYPES)}")
+        if not _is_number(init) or not np.isfinite(init):
+            raise ValueError(f"init is {init!r}: must be a finite number")
+        if dtype == "int32" and (init != int(init) or not -(2**31) <= init < 2**31):
+            raise ValueError(f"init is {init!r}: an int32 state needs an integer init within int32")
+        return cls(name, tuple(shape), dtype, float(init))
 
 
 @dataclass(frozen=True)
@@ -142,3 +172,55 @@ def initial_state(states: Iterable[StateTensor], batch: int) -> dict[str, np.nda
     """State arrays of `batch` fresh slots, by state name."""
     return {s.name: np.full((batch, *s.shape), s.init, np.dtype(s.dtype)) for s in states}
 
+
+
+def _manifest_field(spec: TensorSpec) -> str:
+    """The manifest field a tensor's shape comes from, to name in a mismatch."""
+    if "obs_dim" in spec.dims:
+        return "obs_dim"
+    if "act_dim" in spec.dims:
+        return "act_dim"
+    if is_state(spec.name):
+        return f"state {spec.name.removeprefix(_STATE_PREFIX).removesuffix(_NEXT_SUFFIX)!r}"
+    return "the contract"
+
+
+def _shape_text(shape) -> str:
+    return "[" + ", ".join("batch" if i == 0 and d is None else "?" if d is None else str(d)
+                           for i, d in enumerate(shape)) + "]"
+
+
+def check_graph_io(manifest, inputs: dict, outputs: dict) -> None:
+    """Check a step graph's tensors against what the manifest says the graph is.
+
+    inputs/outputs: {tensor name: (shape with None for a dynamic dim, numpy dtype name)}, as a backend
+    reads them from its graph. Every contract tensor must be there, nothing else; the batch dimension
+    must be dynamic; every static dim and every dtype must be the manifest's (obs_dim, act_dim, each
+    state row's shape and dtype). Raises ValueError naming the manifest field and the tensor, then how
+    many other problems there are; a mismatch found here would otherwise surface at the first step as
+    a broadcast error that names neither.
+    """
+    problems = []
+    expected = step_io(manifest.state)
+    for is_input, graph in ((True, inputs), (False, outputs)):
+        kind = "input" if is_input else "output"
+        wanted = {name: spec for name, spec in expected.items() if spec.is_input == is_input}
+        for name in (n for n in wanted if n not in graph):
+            problems.append(f"{_manifest_field(wanted[name])}: the graph has no {kind} {name!r}")
+        for name in sorted(graph.keys() - wanted.keys()):
+            problems.append(f"the graph has an {kind} {name!r} that the contract and the manifest's state do not name")
+        for name, spec in wanted.items():
+            if name not in graph:
+                continue
+            shape, dtype = graph[name]
+            want = (None, *spec.shape(manifest.obs_dim, manifest.act_dim))
+            field = _manifest_field(spec)
+            if len(shape) != len(want) or any(g is not None and g != w for g, w in zip(shape[1:], want[1:])):
+                problems.append(f"{field}: the manifest makes {name} {_shape_text(want)}, the graph's is {_shape_text(shape)}")
+            elif shape[0] is not None:
+                problems.append(f"{name}: the graph's batch dimension is fixed at {shape[0]}; it must be dynamic")
+            if dtype != spec.dtype.name:
+                problems.append(f"{field}: the manifest makes {name} {spec.dtype.name}, the graph's is {dtype}")
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ValueError(f"step graph does not match the manifest: {problems[0]}{more}")

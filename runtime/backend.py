@@ -15,6 +15,16 @@ from policyrt import contract
 from policyrt.bundle import Bundle
 
 
+class InferenceError(RuntimeError):
+    """A step failed inside a backend's library; one line: "<backend> step failed: <reason>"."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message as one line (libraries like ONNX Runtime add stack dumps below it)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 class Backend(ABC):
     name: str = "?"
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from policyrt import contract
-from policyrt.bundle import Bundle
+from policyrt.bundle import Bundle, BundleError
 
-from .backend import Backend
+from .backend import Backend, InferenceError, first_line
 
 
 class OnnxRuntimeBackend(Backend):
@@ -39,7 +39,7 @@ class OnnxRuntimeBackend(Backend):
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }
         options.graph_optimization_level = levels[optimization]
-        self.session = ort.InferenceSession(str(bundle.onnx_path), options, providers=["CPUExecutionProvider"])
+        self.session = _load_step_graph(ort, bundle, options)
         self._states = [contract.initial_state(bundle.manifest.state, batch_size) for _ in range(2)]
         wrap = ort.OrtValue.ortvalue_from_numpy
         self._keep_alive = []  # OrtValues must outlive the bindings that reference them
@@ -64,7 +64,10 @@ class OnnxRuntimeBackend(Backend):
         self._current = 0  # index of the state set that holds the current state
 
     def run(self) -> None:
-        self.session.run_with_iobinding(self._bindings[self._current])
+        try:
+            self.session.run_with_iobinding(self._bindings[self._current])
+        except Exception as exc:  # ONNX Runtime's own exception types (Fail, RuntimeException, ...)
+            raise InferenceError(f"{self.name} step failed: {first_line(exc)}") from exc
         self._current ^= 1
 
     def reset_state(self, mask: np.ndarray) -> None:
@@ -78,3 +81,28 @@ class OnnxRuntimeBackend(Backend):
         self._bindings = []
         self._keep_alive = []
         self.session = None
+
+
+# ONNX Runtime's type strings for the dtypes a step graph may use, as numpy names (contract.check_graph_io).
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(bool)": "bool", "tensor(int32)": "int32", "tensor(int64)": "int64",
+               "tensor(float16)": "float16", "tensor(double)": "float64"}
+
+
+def _load_step_graph(ort, bundle: Bundle, options):
+    """The InferenceSession of the bundle's step graph, its inputs and outputs checked against the manifest.
+    Anything ONNX Runtime refuses (a corrupt file, external data outside the bundle, an unknown dtype or
+    operator) is one BundleError naming the file."""
+    try:
+        session = ort.InferenceSession(str(bundle.onnx_path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ONNX Runtime's exception types (InvalidProtobuf, Fail, ...) share no base of their own
+        raise BundleError(f"{bundle.onnx_path}: ONNX Runtime cannot load the step graph: {first_line(exc)}") from exc
+
+    def io(tensors) -> dict:
+        return {t.name: (tuple(d if isinstance(d, int) else None for d in t.shape), _ORT_DTYPES.get(t.type, t.type))
+                for t in tensors}
+
+    try:
+        contract.check_graph_io(bundle.manifest, io(session.get_inputs()), io(session.get_outputs()))
+    except ValueError as exc:
+        raise BundleError(f"{bundle.onnx_path}: {exc}") from None
+    return session

@@ -93,7 +93,9 @@ class Session:
         return self.backend.state()
 
     def close(self) -> None:
+        """Close the backend, then the bundle (a .tar's unpacked copy is removed)."""
         self.backend.close()
+        self.bundle.close()
 
     def __enter__(self) -> Session:
         return self

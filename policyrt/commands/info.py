@@ -24,19 +24,22 @@ def handle(args) -> int:
     except BundleError as err:
         print(f"refused: {err}", file=sys.stderr)
         return 1
-    doc = bundle.manifest.raw
-    if args.json:
-        print(json.dumps(doc, indent=2))
-        return 0
-    print(describe(doc))
+    with bundle:
+        doc = bundle.manifest.raw
+        if args.json:
+            print(json.dumps(doc, indent=2))
+            return 0
+        print(describe(doc, bundle.digest))
     return 0
 
 
-def describe(doc: dict) -> str:
+def describe(doc: dict, digest: str) -> str:
+    """The manifest readably; `digest` is the bundle's (bundle.sha256, what a signature covers)."""
     m = doc
     rate = m.get("control_rate_hz")
     lines = [
         f"bundle      {m['name']}  (schema {m['schema_version']})",
+        f"digest      sha256 {digest}",
         f"policy      {m['policy']['kind']}  env {m.get('env_id') or '-'}  rate {f'{rate:g} Hz' if rate else '-'}",
         f"obs         {m['obs_dim']} dims" + (f"  {', '.join(m['obs_names'])}" if m.get("obs_names") else ""),
         f"action      {m['act_dim']} dims  low {m['action_low']}  high {m['action_high']}",
