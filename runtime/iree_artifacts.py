@@ -3,9 +3,10 @@
 `policyrt build-engine BUNDLE --backend iree --batch N` compiles the step graph for one CPU and one batch
 size into `engines/iree-<cpu>-b<N>.vmfb` and records it in the manifest's `engines` (outside the bundle
 digest, like TensorRT engines). The compiled step does not take the contract's 14 tensors: the build
-rewrites the graph so that the host inputs travel as two tensors and the whole recurrent state as one
-"carry" per dtype (see `carry_layout`), because marshalling each tensor through the runtime's Python
-binding costs about a microsecond, a third of the compiled step. The layout is derived from the manifest
+rewrites the graph so that the host inputs travel as two tensors, the whole recurrent state as one
+"carry" per dtype (see `carry_layout`) and the action is written in place into a host buffer, because
+marshalling each tensor through the runtime's Python binding costs about a microsecond and mapping a
+returned buffer to read it a few. The layout is derived from the manifest
 alone, so the build and the backend cannot disagree.
 
 `policyrt verify --backend iree` replays parity.json on the artifact and writes the same sha256-keyed
@@ -33,6 +34,9 @@ ARTIFACT_PREFIX, ARTIFACT_SUFFIX = "iree-", ".vmfb"
 FUNCTION = "step"  # the compiled module's entry point (the rewritten graph's name)
 HOST, RESET_INPUT = "host", "reset"  # the rewritten graph's host inputs: the float inputs packed, and reset
 ALIGNMENT = 64  # bytes: IREE's CPU kernels crash on host buffers imported with less
+# The compiled step's calling convention (arguments, carries, in-place action), recorded per artifact:
+# bump it when the build's rewrite changes, so that older artifacts are refused with "rebuild".
+ABI = 1
 
 # ARM's CPU part numbers (implementer 0x41 in /proc/cpuinfo) as LLVM names them (-mcpu), so that an
 # artifact cross-compiled with --target-cpu cortex-a78ae is recognized on a Jetson Orin.
@@ -110,6 +114,9 @@ def find_artifact(bundle, batch: int, cpu: str | None = None) -> tuple[Path, dic
     if record.get("batch") != batch or record.get("cpu") != cpu:
         raise ArtifactError(f"{path}: recorded for CPU {record.get('cpu')!r} at batch {record.get('batch')}, "
                             f"not {cpu!r} at batch {batch}; rebuild it: {build_command(bundle.path, batch)}")
+    if record.get("abi") != ABI:
+        raise ArtifactError(f"{path}: built by another policyrt (calling convention {record.get('abi')}, this one "
+                            f"runs {ABI}); rebuild it: {build_command(bundle.path, batch)}")
     if record.get("bundle_digest") != bundle.digest:
         raise ArtifactError(f"{path}: built from another version of this bundle (its digest changed); "
                             f"rebuild it: {build_command(bundle.path, batch)}")
@@ -127,13 +134,11 @@ class CarrySlice:
 
 @dataclass(frozen=True)
 class Carry:
-    """One packed tensor [B, width] of one dtype: the float32 carry starts with the action (act_dim columns,
-    an output only: the step ignores what comes in there), then its states in manifest order."""
+    """One packed state tensor [B, width] of one dtype: its states in manifest order."""
 
     dtype: str
     width: int
     slices: tuple[CarrySlice, ...]
-    action_columns: int
 
     @property
     def input_name(self) -> str:
@@ -145,18 +150,16 @@ class Carry:
 
 
 def carry_layout(manifest: Manifest) -> tuple[Carry, ...]:
-    """The carries of this bundle: float32 first (it holds the action), then any other dtype in order of
-    appearance (the DT's int32 counters)."""
-    dtypes = ["float32", *dict.fromkeys(s.dtype for s in manifest.state if s.dtype != "float32")]
+    """The carries of this bundle, one per state dtype in order of appearance (the xLSTM: one float32
+    carry; the DT: float32 and its int32 counters)."""
     carries = []
-    for dtype in dtypes:
-        column = manifest.act_dim if dtype == "float32" else 0
-        slices = []
+    for dtype in dict.fromkeys(s.dtype for s in manifest.state):
+        column, slices = 0, []
         for state in (s for s in manifest.state if s.dtype == dtype):
             size = int(np.prod(state.shape, dtype=np.int64))
             slices.append(CarrySlice(state, column, column + size))
             column += size
-        carries.append(Carry(dtype, column, tuple(slices), manifest.act_dim if dtype == "float32" else 0))
+        carries.append(Carry(dtype, column, tuple(slices)))
     return tuple(carries)
 
 

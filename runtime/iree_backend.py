@@ -1,11 +1,11 @@
 """IREE backend: the bundle's step compiled for this CPU (policyrt build-engine --backend iree), run in-process.
 
-The artifact is a fixed-batch build of the step graph rewritten so that one call takes three tensors and
-returns one (runtime/iree_build.py): the float host inputs packed into `host` [B, obs + act + 2], `reset`
-[B], and the recurrent state as one carry per dtype, the float32 carry's output starting with the action.
-The Session's `inputs` are views into the 64-byte aligned `host` array, imported into the runtime once
-(no copy per call; an unaligned import crashes IREE's kernels). The carry a call returns is the device
-buffer passed straight back next call: no state copy per step; only the action is read out of it.
+The artifact is a fixed-batch build of the step graph rewritten so that one call takes the float host
+inputs packed into `host` [B, obs + act + 2], `reset` [B], the recurrent state as one carry per dtype
+and the action buffer, and returns the carries (runtime/iree_build.py). The Session's `inputs` are views
+into the 64-byte aligned `host` array and `action` is an aligned array the step writes in place, all
+imported into the runtime once (no copy per call; an unaligned import crashes IREE's kernels). The carry
+a call returns is the device buffer passed straight back next call: no state copy per step.
 `state()` and `reset_state()` unpack or rewrite the carry, off the hot path.
 
 The local-sync driver runs the dispatches on the calling thread: no worker wake-ups (issue 17 measured
@@ -91,10 +91,13 @@ class IreeBackend(Backend):
             rt.HalBufferView(allocator.import_host_allocation(self._reset, memory, usage), [batch_size],
                              rt.HalElementType.BOOL_8),
         ]
+        self.action = aligned_empty(self.action.shape, np.float32)  # the step writes it in place
+        self.action[...] = 0.0
+        self._host_views.append(rt.HalBufferView(allocator.import_host_allocation(self.action, memory, usage),
+                                                 list(self.action.shape), rt.HalElementType.FLOAT_32))
         self._memory, self._usage = memory, usage
         initial = [self._pack(carry, contract.initial_state(m.state, batch_size)) for carry in self._carries]
         self._state = [self._upload(carry, rows) for carry, rows in zip(self._carries, initial)]
-        self._action_columns = slice(0, m.act_dim)
 
     def _pack(self, carry, states: dict[str, np.ndarray]) -> np.ndarray:
         rows = np.zeros((self.batch_size, carry.width), carry.dtype)
@@ -111,17 +114,16 @@ class IreeBackend(Backend):
         return view.map().asarray([self.batch_size, carry.width], np.dtype(carry.dtype)).copy()
 
     def run(self) -> None:
-        rt = self._rt
-        args = rt.VmVariantList(2 + len(self._state))
-        for view in self._host_views:
-            args.push_ref(view)
+        rt, host, reset, action = self._rt, *self._host_views
+        args = rt.VmVariantList(3 + len(self._state))
+        args.push_ref(host)
+        args.push_ref(reset)
         for view in self._state:
             args.push_ref(view)
+        args.push_ref(action)  # written in place: self.action holds the result when invoke returns
         results = rt.VmVariantList(len(self._state))
         self._context.invoke(self._function, args, results)
         self._state = [results.get_as_object(i, rt.HalBufferView) for i in range(len(self._state))]
-        first = self._state[0].map().asarray([self.batch_size, self._carries[0].width], np.dtype(np.float32))
-        np.copyto(self.action, first[:, self._action_columns])
 
     def state(self) -> dict[str, np.ndarray]:
         out = {}

@@ -128,7 +128,7 @@ def test_reset_state_clears_a_nan_the_graph_cannot(verified):
 def test_host_buffers_imported_by_the_runtime_are_64_byte_aligned(verified):
     with runtime.load(verified, backend="iree") as session:
         backend = session.backend
-        assert backend._host.ctypes.data % 64 == 0 and backend._reset.ctypes.data % 64 == 0
+        assert all(a.ctypes.data % 64 == 0 for a in (backend._host, backend._reset, backend.action, session.backend.action))
         assert all(np.shares_memory(view, backend._host) for name, view in backend.inputs.items() if name != "reset")
     for shape in [(1,), (3, 7), (16, 15)]:
         assert aligned_empty(shape, np.float32).ctypes.data % 64 == 0
@@ -170,6 +170,25 @@ def test_an_artifact_of_an_older_bundle_is_refused_naming_the_rebuild(own_copy):
     write_manifest(own_copy, {**doc, "target_return": doc["target_return"] + 1.0})
     with pytest.raises(ArtifactError, match=r"another version of this bundle.*build-engine .* --backend iree --batch 1"):
         runtime.load(own_copy, backend="iree")
+
+
+def test_an_artifact_of_another_calling_convention_is_refused(own_copy):
+    doc = json.loads((own_copy / "manifest.json").read_text())
+    doc["engines"][artifact_path(own_copy, this_cpu(), 1).name]["abi"] = 0
+    (own_copy / "manifest.json").write_text(json.dumps(doc))  # `engines` is outside the digest
+    with pytest.raises(ArtifactError, match=r"calling convention 0.*rebuild it: policyrt build-engine"):
+        runtime.load(own_copy, backend="iree")
+
+
+def test_the_action_becomes_an_in_place_argument_and_an_unexpected_module_is_refused():
+    mlir = ("func.func @step(%arg0: !torch.vtensor<[1,3],f32>, %arg1: !torch.vtensor<[1,5],f32>) -> "
+            "(!torch.vtensor<[1,2],f32>, !torch.vtensor<[1,5],f32>) attributes {x} {\n"
+            "    return %7, %9 : !torch.vtensor<[1,2],f32>, !torch.vtensor<[1,5],f32>\n  }")
+    out = iree_build.action_in_place(mlir)
+    assert "%arg2: !torch.tensor<[1,2],f32>) -> !torch.vtensor<[1,5],f32> attributes" in out
+    assert "torch.overwrite.tensor.contents %7 overwrites %arg2" in out and "return %9 : !torch.vtensor<[1,5],f32>" in out
+    with pytest.raises(iree_build.IreeBuildError, match="expected one of each"):
+        iree_build.action_in_place(mlir.replace("func.func @step", "func.func @main"))
 
 
 def test_a_compile_failure_is_one_line_and_writes_nothing(compiled, tmp_path, monkeypatch, capsys):
