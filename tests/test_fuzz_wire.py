@@ -284,28 +284,33 @@ def _fuzz_policyrt_run_realtime(n: int, seed: int, tmp_path: Path) -> None:
             if msg.type is MsgType.HELLO:
                 session.send(enc.spec(spec, ack=msg.seq))
 
-    def take_acts(until_ack: int | None) -> None:
+    def take_acts(until_acks: set[int], polls: int = 0) -> bool:
+        """Check the ACTs that came; with `polls`, wait that many 50 ms polls for one acking
+        `until_acks`. True when one did."""
         nonlocal acts
-        patience = int(PATIENCE_S / 0.05)
         while True:
             serve_session()
-            act = stream.recv(0.05 if until_ack is not None else 0)
+            act = stream.recv(0.05 if polls else 0)
             if act is None:
-                patience -= 1
-                if until_ack is None:
-                    return
-                assert patience > 0, f"no ACT answered the valid OBS seq {until_ack}"
+                polls -= 1
+                if polls <= 0:
+                    return False
                 continue
             _check_action(act)
             assert act.ack in valid_obs, f"an ACT answers seq {act.ack}, which was no valid OBS"
             acts += 1
-            if act.ack == until_ack:
-                return
+            if act.ack in until_acks:
+                return True
 
     def sync() -> None:  # a valid OBS, then its answer: the controller is alive and caught up
-        assert stream.send(enc.obs(np.zeros(OBS_DIM, np.float32), 0.5))
-        valid_obs.add(enc.last_seq)
-        take_acts(enc.last_seq)
+        seqs: set[int] = set()
+        for _ in range(int(PATIENCE_S)):  # again each second: after a dropped connection it may be lost
+            if stream.send(enc.obs(np.zeros(OBS_DIM, np.float32), 0.5)):
+                valid_obs.add(enc.last_seq)
+                seqs.add(enc.last_seq)
+            if take_acts(seqs, polls=20):
+                return
+        raise AssertionError(f"no ACT answered any of the valid OBS {sorted(seqs)}")
 
     try:
         with output_on_failure(run, output):
@@ -314,10 +319,14 @@ def _fuzz_policyrt_run_realtime(n: int, seed: int, tmp_path: Path) -> None:
             session.send(enc.spec(spec, ack=hello.seq))
             sync()
             while sent < n:
+                batch_start = sent
                 for _ in range(40):
                     fuzzed = mutator.next()
-                    if fuzzed.oversize:
-                        continue  # the lockstep fuzz covers the dropped connection
+                    if fuzzed.oversize:  # on the stream, alone after a sync: the controller reconnects
+                        if sent == batch_start:
+                            stream.sock.send(fuzzed.parts[0])
+                            sent += 1
+                        break
                     on_session = mutator.rng.random() < 0.5
                     link = session if on_session else stream
                     if len(fuzzed.parts) > 1:
@@ -338,7 +347,7 @@ def _fuzz_policyrt_run_realtime(n: int, seed: int, tmp_path: Path) -> None:
                         elif msg is not None and msg.type is MsgType.OBS:
                             valid_obs.add(msg.seq)
                     sent += 1
-                    take_acts(None)
+                    take_acts(set())
                 sync()
             run.send_signal(signal.SIGINT)
     finally:

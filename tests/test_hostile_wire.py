@@ -223,3 +223,50 @@ def test_the_real_time_sim_robot_clamps_an_act_beyond_its_bounds_once_on_receipt
     assert report["stop_reason"] == "controller_left" and report["errors"] == {}
     # every ACT that arrived before the BYE was clamped on receipt, once (held steps do not count)
     assert 0 < report["clamped_actions"] == report["acts"] <= sent
+
+
+# `policyrt top ARGS...`, printing its peak resident set (KiB) last, whatever its exit status.
+# VmHWM, not getrusage's ru_maxrss: that one keeps the forking parent's peak across exec.
+_TOP_WITH_PEAK = (
+    "import sys\n"
+    "from policyrt.cli import main\n"
+    "try:\n"
+    "    code = main(sys.argv[1:])\n"
+    "finally:\n"
+    "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
+    "    print('peak', hwm, flush=True)\n"
+    "sys.exit(code)\n"
+)
+
+
+def _top_peak_kib(frame: bytes) -> tuple[int, str]:
+    """Run `policyrt top --count 1` against an XPUB that publishes `frame` once top subscribed."""
+    import subprocess
+    import sys
+
+    import zmq
+    from wire_helpers import python_env
+
+    ep = endpoint_for("ipc")
+    pub = zmq.Context.instance().socket(zmq.XPUB)
+    pub.bind(ep)
+    top = subprocess.Popen(
+        [sys.executable, "-c", _TOP_WITH_PEAK, "top", ep, "--count", "1", "--timeout", "3"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env(),
+    )
+    try:
+        pub.setsockopt(zmq.RCVTIMEO, int(PATIENCE_S * 1000))
+        assert pub.recv() == b"\x01"  # top subscribed to everything
+        pub.send(frame)
+        out, err = top.communicate(timeout=PATIENCE_S)
+    finally:
+        pub.close(linger=0)
+    return int(out.rsplit("peak", 1)[1]), err
+
+
+def test_policyrt_top_is_not_made_to_allocate_a_64_mib_frame():
+    baseline, err = _top_peak_kib(b"not JSON")  # the same path: a frame skipped, then the timeout
+    assert "not JSON" in err and "no telemetry" in err
+    peak, err = _top_peak_kib(b"not JSON".ljust(HUGE))
+    assert (peak - baseline) * 1024 < HUGE / 16, f"policyrt top's peak memory grew by {peak - baseline} KiB"
+    assert "not JSON" not in err and "no telemetry" in err  # ZeroMQ dropped the connection at its header
