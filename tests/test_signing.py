@@ -67,7 +67,8 @@ def release(tmp_path):
 
 def signed_copy(src: Path, dst: Path, secret: Path) -> Path:
     copy_bundle(src, dst)
-    signing.sign_bundle(open_bundle(dst), signing.load_secret_key(secret), signer="test")
+    with open_bundle(dst) as bundle:
+        signing.sign_bundle(bundle, signing.load_secret_key(secret), signer="test")
     return dst
 
 
@@ -79,7 +80,8 @@ def rehash(bundle_dir: Path) -> None:
 
 
 def trusted_by(bundle_dir: Path, trust: Path) -> str:
-    return signing.check_trusted(open_bundle(bundle_dir), trust)
+    with open_bundle(bundle_dir) as bundle:
+        return signing.check_trusted(bundle, trust)
 
 
 # --- keys ---
@@ -148,6 +150,8 @@ def test_a_packed_bundle_is_refused_for_signing_and_its_signature_travels_inside
     signed = signed_copy(XLSTM, tmp_path / "s.policy", secret)
     archive = pack_bundle(signed, tmp_path / "s.policy.tar")
     assert trusted_by(archive, trust) == "release"
+    proc = cli("verify", archive, "--trust", trust)
+    assert proc.returncode == 0 and f"{archive}: signed by trusted key release" in proc.stdout, proc.stderr
 
 
 # --- what voids a signature ---

@@ -110,7 +110,8 @@ def untrusted(session: SessionSettings, bundles) -> str | None:
 
     for path in dict.fromkeys(bundles):
         try:
-            check_trusted(open_bundle(path), session.trust, where=path)
+            with open_bundle(path) as bundle:  # a .tar's unpacked copy is removed right away
+                check_trusted(bundle, session.trust, where=path)
         except BundleError as refused:
             return str(refused)
     return None

@@ -55,10 +55,10 @@ def handle(args) -> int:
         options["precision"] = args.precision
     try:
         options.update(session.backend_options())
-        bundle = open_bundle(args.bundle)
-        # The signature first: an untrusted bundle is not worth a parity replay.
-        signed_by = check_trusted(bundle, session.trust, where=args.bundle) if session.trust else None
-        report = verify_backend(bundle, session.backend, args.tolerance, args.batch, **options)
+        with open_bundle(args.bundle) as bundle:  # a .tar's unpacked copy is removed at the end
+            # The signature first: an untrusted bundle is not worth a parity replay.
+            signed_by = check_trusted(bundle, session.trust, where=args.bundle) if session.trust else None
+            report = verify_backend(bundle, session.backend, args.tolerance, args.batch, **options)
     except (BundleError, ImportError, ValueError, RuntimeError, FileNotFoundError) as err:
         print(f"verify failed: {err}", file=sys.stderr)
         return 1
