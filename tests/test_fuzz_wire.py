@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zmq
 from wire_helpers import (
     PATIENCE_S,
     RawController,
@@ -155,6 +156,16 @@ def finish(proc, output: Path) -> str:
     return text
 
 
+def send(link, fuzzed: Fuzzed) -> bool:
+    """Send the frame or multipart message; False when the socket could not take it (no peer at
+    the moment, e.g. right after a dropped connection): then it was not sent and is not counted."""
+    try:
+        link.sock.send_multipart(fuzzed.parts)
+        return True
+    except zmq.Again:
+        return False
+
+
 def judge(frame: bytes, **dims):
     """The decoded message, or None for a frame the receiver must reject."""
     if len(frame) > MAX_FRAME_BYTES:
@@ -208,18 +219,15 @@ def _fuzz_policyrt_run_lockstep(n: int, seed: int, tmp_path: Path) -> None:
                     # was read): a dropped connection loses what it still held, both ways.
                     if fuzzed.oversize:
                         if sent == batch_start:
-                            robot.link.sock.send(fuzzed.parts[0])
-                            dropped = True
+                            dropped = send(robot.link, fuzzed)
                             sent += 1
                         break
                     if len(fuzzed.parts) > 1:
-                        robot.link.sock.send_multipart(fuzzed.parts)
-                        counted += 1
+                        counted += send(robot.link, fuzzed)
                     else:
                         msg = judge(fuzzed.parts[0], **dims)
-                        if msg is not None and msg.type in SESSION_CHANGERS:
+                        if msg is not None and msg.type in SESSION_CHANGERS or not send(robot.link, fuzzed):
                             continue
-                        robot.send(fuzzed.parts[0])
                         if msg is None or msg.type is not MsgType.OBS:
                             counted += msg is None or msg.type not in (MsgType.HEARTBEAT, MsgType.ESTOP, MsgType.CLEAR)
                         else:
@@ -324,23 +332,21 @@ def _fuzz_policyrt_run_realtime(n: int, seed: int, tmp_path: Path) -> None:
                     fuzzed = mutator.next()
                     if fuzzed.oversize:  # on the stream, alone after a sync: the controller reconnects
                         if sent == batch_start:
-                            stream.sock.send(fuzzed.parts[0])
+                            send(stream, fuzzed)
                             sent += 1
                         break
                     on_session = mutator.rng.random() < 0.5
                     link = session if on_session else stream
                     if len(fuzzed.parts) > 1:
-                        link.sock.send_multipart(fuzzed.parts)
-                        session_counted += on_session
+                        session_counted += send(link, fuzzed) and on_session
                         # ZMQ_CONFLATE keeps only a message's last frame, seen as a frame of its own
                         last = judge(fuzzed.parts[-1], **dims)
                         if not on_session and last is not None and last.type is MsgType.OBS:
                             valid_obs.add(last.seq)
                     else:
                         msg = judge(fuzzed.parts[0], **dims)
-                        if msg is not None and msg.type in SESSION_CHANGERS:
+                        if msg is not None and msg.type in SESSION_CHANGERS or not send(link, fuzzed):
                             continue
-                        link.send(fuzzed.parts[0])
                         if on_session:
                             session_counted += msg is None or msg.type not in (MsgType.HEARTBEAT, MsgType.ESTOP,
                                                                               MsgType.CLEAR)
@@ -398,21 +404,23 @@ def _fuzz_sim_serve(n: int, seed: int, tmp_path: Path) -> None:
             pending["obs"] = ctl.recv()
             while sent < n:
                 obs = pending["obs"]
-                answer = None
+                answer, batch_start = None, sent
                 while answer is None and sent < n:
                     fuzzed = mutator.next()
                     sent += 1
                     if fuzzed.oversize:  # the server drops the connection; the DEALER reconnects
-                        ctl.link.sock.send(fuzzed.parts[0])
+                        if sent - 1 > batch_start:  # only first: the drop would lose what it still held
+                            continue
+                        send(ctl.link, fuzzed)
                         break
                     if len(fuzzed.parts) > 1:
-                        ctl.link.sock.send_multipart(fuzzed.parts)
-                        counted += 1
+                        counted += send(ctl.link, fuzzed)
                         continue
                     msg = judge(fuzzed.parts[0], **dims)
                     if msg is not None and msg.type in SESSION_CHANGERS | {MsgType.ESTOP, MsgType.CLEAR}:
                         continue
-                    ctl.send(fuzzed.parts[0])
+                    if not send(ctl.link, fuzzed):
+                        continue
                     if msg is not None and msg.type is MsgType.ACT and msg.ack == obs.seq:
                         answer = msg
                     elif msg is None or msg.type is not MsgType.HEARTBEAT:
