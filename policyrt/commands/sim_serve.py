@@ -15,6 +15,12 @@ one ACT per observation (lockstep; the answer to an episode's last observation s
 episode instead of stepping). It stops after --episodes episodes, when the controller says
 BYE, or when the controller is silent for --controller-timeout seconds.
 
+Like a robot's driver, the server enforces the bounds it announces: an action outside them is
+applied clamped to them and counted, and it never sends a non-finite value: a step whose
+observation or reward is not finite (or beyond float32) ends that episode as truncated on its last
+finite observation (reward 0), counted and logged once. --results, the summary and --events show
+both counts (docs/PROTOCOL.md, section 5, rule 9).
+
 --num-envs P serves P copies of the environment to one controller in batched frames (one row per
 environment, each resetting on its own; the controller steps one session of batch P). Seeding:
 'first' seeds the first reset and continues the RNG (the default for one environment); 'episode'
