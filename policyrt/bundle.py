@@ -189,7 +189,7 @@ def _check_digest(root: Path, doc: dict, where) -> str:
     except ValueError:  # allow_nan=False: a NaN or Infinity in a field the schema does not read
         raise BundleError(f"{where(MANIFEST)}: holds NaN or Infinity, which JSON does not allow") from None
     if digest != recorded:
-        raise BundleError(f"{where(MANIFEST)}: manifest.json changed since it was written (its digest does not "
+        raise BundleError(f"{where(MANIFEST)}: changed since it was written (its digest does not "
                           f"match {DIGEST_FILE}); export the bundle again, or rewrite it with write_manifest")
     return digest
 

@@ -95,8 +95,8 @@ class StateTensor:
             raise ValueError(f"shape {shape} holds {int(np.prod(shape))} elements per slot, more than {MAX_STATE_ELEMENTS}")
         if dtype not in STATE_DTYPES:
             raise ValueError(f"dtype is {dtype!r}: must be one of {', '.join(STATE_DTYPES)}")
-        if not _is_number(init) or not np.isfinite(init):
-            raise ValueError(f"init is {init!r}: must be a finite number")
+        if not _is_number(init) or not np.isfinite(init) or abs(init) > np.finfo(np.float32).max:
+            raise ValueError(f"init is {init!r}: must be a finite number (in float32)")
         if dtype == "int32" and (init != int(init) or not -(2**31) <= init < 2**31):
             raise ValueError(f"init is {init!r}: an int32 state needs an integer init within int32")
         return cls(name, tuple(shape), dtype, float(init))

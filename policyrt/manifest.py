@@ -18,6 +18,7 @@ import numpy as np
 from .contract import INPUTS, StateTensor
 
 SCHEMA_VERSION = 1
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def read_fields(doc) -> dict:
@@ -42,7 +43,7 @@ def read_fields(doc) -> dict:
         "action_high": action_high,
         "state": _state(_get(doc, "state")),
         "inputs": _inputs(_get(doc, "inputs")),
-        "target_return": _finite(_get(doc, "target_return"), "target_return"),
+        "target_return": _finite(_get(doc, "target_return"), "target_return", "must be a finite float32"),
         "control_rate_hz": _rate(doc.get("control_rate_hz")),
         "env_id": _optional_text(doc.get("env_id"), "env_id"),
         "obs_names": _names(doc, "obs_names", obs_dim, "obs_dim"),
@@ -90,8 +91,9 @@ def _dim(doc: dict, key: str) -> int:
     return value
 
 
-def _finite(value, field: str, why: str = "must be a finite number") -> float:
-    if not _is_number(value) or not math.isfinite(value):
+def _finite(value, field: str, why: str) -> float:
+    """A number that stays finite as the float32 the runtime computes in (1e39 does not)."""
+    if not _is_number(value) or not math.isfinite(value) or abs(value) > _FLOAT32_MAX:
         raise ValueError(f"{field} is {_show(value)}: {why}")
     return float(value)
 
@@ -99,7 +101,7 @@ def _finite(value, field: str, why: str = "must be a finite number") -> float:
 def _rate(value) -> float | None:
     if value is None:
         return None
-    if not _is_number(value) or not math.isfinite(value) or value <= 0:
+    if not _is_number(value) or not math.isfinite(value) or not 0 < value <= _FLOAT32_MAX:
         raise ValueError(f"control_rate_hz is {_show(value)}: must be null or a finite rate > 0 (Hz)")
     return float(value)
 
@@ -110,12 +112,8 @@ def _vector(doc: dict, key: str, n: int, dim_field: str) -> np.ndarray:
         count = f"{len(values)} values" if isinstance(values, list) else _show(values)
         raise ValueError(f"{key} has {count}: expected a list of {n} numbers ({dim_field})")
     for i, value in enumerate(values):
-        _finite(value, f"{key}[{i}]", "bounds must be finite")
-    array = np.asarray(values, dtype=np.float32)
-    if not np.isfinite(array).all():  # finite as a float64, beyond float32 (1e39)
-        i = int(np.flatnonzero(~np.isfinite(array))[0])
-        raise ValueError(f"{key}[{i}] is {_show(values[i])}: bounds must be finite in float32")
-    return array
+        _finite(value, f"{key}[{i}]", "bounds must be finite (in float32)")
+    return np.asarray(values, dtype=np.float32)
 
 
 def _has_obs_range(doc: dict) -> bool:
