@@ -68,7 +68,7 @@ def make_backend(bundle, name: str, batch_size: int, **options):
 
 
 def load(path, backend: str = AUTO, batch_size: int = 1, trust=None, **options):
-    """Open the bundle at `path` (checksums verified) and return a Session with `batch_size` slots.
+    """Open the bundle at `path` (fields, digest and checksums verified) and return a Session with `batch_size` slots.
 
     trust: a trust directory; the bundle must carry a signature by one of its keys
     (policyrt.signing.check_trusted, raising UntrustedBundle) before a backend is made.
@@ -81,11 +81,15 @@ def load(path, backend: str = AUTO, batch_size: int = 1, trust=None, **options):
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     bundle = open_bundle(path)
-    if trust is not None:
-        from policyrt.signing import check_trusted
+    try:
+        if trust is not None:
+            from policyrt.signing import check_trusted
 
-        check_trusted(bundle, trust, where=path)
-    return Session(bundle, make_backend(bundle, backend, batch_size, **options))
+            check_trusted(bundle, trust, where=path)
+        return Session(bundle, make_backend(bundle, backend, batch_size, **options))
+    except BaseException:
+        bundle.close()  # a .tar's unpacked copy goes with the refusal
+        raise
 
 
 _ON_FIRST_USE = {"Session": ".session", "Bundle": "policyrt.bundle", "BundleError": "policyrt.bundle",
