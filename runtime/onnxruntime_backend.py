@@ -32,6 +32,9 @@ class OnnxRuntimeBackend(Backend):
             # sim server) needs between steps; let them sleep instead.
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.inter_op_num_threads = 1
+        # A failed run raises (InferenceError, one line); ONNX Runtime's own logger would also print
+        # the same error to stderr in colour: only fatal messages from it.
+        options.log_severity_level = 4
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         levels = {
             "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
