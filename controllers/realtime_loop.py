@@ -16,10 +16,9 @@ Each tick, at its absolute deadline (policyrt/scheduler.py):
    while its e-stop is latched.
 4. **send** -- one ACT per robot owed one, on the conflated stream link.
 
-Steps 2 and 3 are the control core's tick (controllers/core.py), the same as lockstep's. An
-exception from the session step is a fallback tick (counted in `infer_errors`); one during the
-warm-up before the first tick (`warm_up()`, which controllers/build.py calls when it builds the
-controller) raises the core's InferenceFailed, before any robot is contacted. Observers
+Steps 2 and 3 are the control core's tick (controllers/core.py), the same as lockstep's. A
+session step that raises is a fallback tick (`infer_errors`); at the warm-up (`warm_up()`, which
+controllers/build.py calls) it raises the core's InferenceFailed, before any robot is contacted. Observers
 (flight recorder, episode recorder, telemetry) get the core's tick record after each tick.
 
 E-stops are per robot: an ESTOP on a robot's session link latches that slot's fallback (flagged
@@ -192,9 +191,8 @@ class RealtimeController:
     # ---- the loop ---------------------------------------------------------------------------
 
     def warm_up(self) -> None:
-        """Step the session `config.warmup_steps` times (then reset it), once: the backend's
-        first-run allocations happen here, not at a robot's first deadline, and a session that
-        cannot step fails here (InferenceFailed), before any robot or helper thread exists."""
+        """The core's warm-up, once (run() calls it; the builder earlier): a session that cannot
+        step fails here (InferenceFailed), before any robot or helper thread exists."""
         if not self._warmed_up:
             self.core.warm_up(self.config.warmup_steps)
             self._warmed_up = True
