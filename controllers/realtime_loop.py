@@ -9,11 +9,9 @@ Each tick, at its absolute deadline (policyrt/scheduler.py):
    action. A robot whose observation did not change since the last tick is stepped with the
    same observation again (sample-and-hold, like any sampled controller: the policy's time base
    is the controller's rate) and a reward of 0, so no reward is counted twice.
-3. **filter** -- the SafetyChain (controllers/safety.py). A slot falls back when its newest
-   observation is older than `stale_after_s` or outside the bundle's recorded range (the core's
-   observation guard, `obs_range_factor`), when inference ended after the tick's deadline (the
-   start of the next tick), when the action is non-finite (its policy state is then reset), or
-   while its e-stop is latched.
+3. **filter** -- the SafetyChain (controllers/safety.py). A slot falls back on an observation
+   older than `stale_after_s` or outside the bundle's range (`obs_range_factor`), an inference
+   past the deadline (the next tick's start), a non-finite action (state reset), or an e-stop.
 4. **send** -- one ACT per robot owed one, on the conflated stream link.
 
 Steps 2 and 3 are the control core's tick (controllers/core.py), the same as lockstep's. A
@@ -394,8 +392,7 @@ class RealtimeController:
             port.close(flush_ms=SHUTDOWN_FLUSH_MS)
 
     def _goodbye_ticks(self) -> int:
-        """Ticks of safe ACTs before BYE: two periods of the slowest robot, at least 50 ms, at
-        most 0.5 s."""
+        """Ticks of safe ACTs before BYE: two periods of the slowest robot, 50 ms to 0.5 s."""
         periods = [
             1.0 / p.spec.control_rate_hz for p in self.ports if p.spec is not None and p.spec.control_rate_hz
         ]
