@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from conftest import SHIPPED_BUNDLE, SHIPPED_DT_BUNDLE
 
+from policyrt import contract
 from policyrt.bundle import Manifest, open_bundle
 from policyrt.runtime.trt_buffers import (
     ALIGNMENT,
@@ -25,7 +26,7 @@ NP_TO_TRT = {"float32": "FLOAT", "bool": "BOOL", "int32": "INT32", "float16": "H
 def small_manifest() -> Manifest:
     return Manifest.from_dict({
         "schema_version": 1, "name": "t", "policy": {"kind": "xlstm"}, "obs_dim": 3, "act_dim": 2,
-        "action_low": [-1, -1], "action_high": [1, 1], "inputs": ["obs"], "target_return": 5.0,
+        "action_low": [-1, -1], "action_high": [1, 1], "inputs": list(contract.INPUTS), "target_return": 5.0,
         "state": [{"name": "rtg", "shape": [1], "dtype": "float32", "init": 7.0},
                   {"name": "C", "shape": [2, 3], "dtype": "float32", "init": 0.0},
                   {"name": "t", "shape": [4], "dtype": "int32", "init": 0.0}],
