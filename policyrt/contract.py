@@ -55,7 +55,8 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value) -> bool:
+def is_json_number(value) -> bool:
+    """A JSON number as json.loads gives it (bool, an int to Python, is not one)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -95,7 +96,7 @@ class StateTensor:
             raise ValueError(f"shape {shape} holds {int(np.prod(shape))} elements per slot, more than {MAX_STATE_ELEMENTS}")
         if dtype not in STATE_DTYPES:
             raise ValueError(f"dtype is {dtype!r}: must be one of {', '.join(STATE_DTYPES)}")
-        if not _is_number(init) or not np.isfinite(init) or abs(init) > np.finfo(np.float32).max:
+        if not is_json_number(init) or not np.isfinite(init) or abs(init) > np.finfo(np.float32).max:
             raise ValueError(f"init is {init!r}: must be a finite number (in float32)")
         if dtype == "int32" and (init != int(init) or not -(2**31) <= init < 2**31):
             raise ValueError(f"init is {init!r}: an int32 state needs an integer init within int32")

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from .contract import INPUTS, StateTensor
+from .contract import INPUTS, StateTensor, is_json_number
 
 SCHEMA_VERSION = 1
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -67,10 +67,6 @@ def _show(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _text(doc: dict, key: str, field: str | None = None) -> str:
     value = _get(doc, key)
     if not isinstance(value, str) or not value:
@@ -93,7 +89,7 @@ def _dim(doc: dict, key: str) -> int:
 
 def _finite(value, field: str, why: str) -> float:
     """A number that stays finite as the float32 the runtime computes in (1e39 does not)."""
-    if not _is_number(value) or not math.isfinite(value) or abs(value) > _FLOAT32_MAX:
+    if not is_json_number(value) or not math.isfinite(value) or abs(value) > _FLOAT32_MAX:
         raise ValueError(f"{field} is {_show(value)}: {why}")
     return float(value)
 
@@ -101,7 +97,7 @@ def _finite(value, field: str, why: str) -> float:
 def _rate(value) -> float | None:
     if value is None:
         return None
-    if not _is_number(value) or not math.isfinite(value) or not 0 < value <= _FLOAT32_MAX:
+    if not is_json_number(value) or not math.isfinite(value) or not 0 < value <= _FLOAT32_MAX:
         raise ValueError(f"control_rate_hz is {_show(value)}: must be null or a finite rate > 0 (Hz)")
     return float(value)
 
