@@ -46,7 +46,9 @@ MAX_MESSAGE_BYTES = 2 * MAX_FRAME_BYTES
 _WATCH_EVERY_NS = 50_000_000
 # A drop after which libzmq reconnects by itself is followed at once by its CONNECT_RETRIED; one it
 # made for a protocol error is not. This long is "at once" (the I/O thread emits both in a row).
+# Nothing waits for it: a receive or drain that comes later decides (a real-time tick must not).
 _RETRY_ANNOUNCED_MS = 20
+_RETRY_ANNOUNCED_NS = _RETRY_ANNOUNCED_MS * 1_000_000
 _WATCHED_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
 _EVENT = struct.Struct("=hi")  # a monitor event's first frame: event id, value
 
@@ -96,6 +98,7 @@ class Link:
         # the link watches for drops and connects again itself (_restore_connection).
         self._monitor = None if bind else self.sock.get_monitor_socket(_WATCHED_EVENTS)
         self._watch_after = 0  # perf_counter_ns() before which a drain does not look at the monitor
+        self._dropped_ns = 0  # perf_counter_ns() of a drop libzmq has not announced a retry for (0: none)
         self.reconnects = 0
         if bind:
             self.sock.bind(endpoint)
@@ -216,12 +219,19 @@ class Link:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             timeout_ms = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            deciding = self._dropped_ns != 0  # wake in time to tell libzmq's reconnect from none
+            if deciding and not 0 <= timeout_ms <= _RETRY_ANNOUNCED_MS:
+                timeout_ms = _RETRY_ANNOUNCED_MS
             ready = zmq.zmq_poll(self._poll_items, timeout_ms)
-            if (stop is not None and stop.requested) or not ready:
+            if stop is not None and stop.requested:
                 return -1
             dropped = monitor is not None and any(item is monitor for item, _ in ready)
-            if dropped:
+            if dropped or deciding:
                 self._restore_connection()
+            if not ready:
+                if not deciding or (deadline is not None and time.monotonic() >= deadline):
+                    return -1
+                continue
             try:
                 return self._read(zmq.NOBLOCK)
             except zmq.Again:  # woken by the monitor, another signal's wake-up byte, or no whole frame
@@ -239,14 +249,13 @@ class Link:
                 return events
 
     def _restore_connection(self) -> None:
-        """Connect again if the monitor saw the connection dropped and libzmq does not reconnect
-        (it does after a lost connection, announcing CONNECT_RETRIED; not after a protocol error)."""
-        events = self._monitor_events()
-        if not events or events[-1] != zmq.EVENT_DISCONNECTED:
-            return
-        if self._monitor.poll(_RETRY_ANNOUNCED_MS):
-            events += self._monitor_events()
-        if events[-1] == zmq.EVENT_DISCONNECTED:
+        """Connect again if the monitor saw the connection dropped and libzmq does not reconnect:
+        it does after a lost connection, announcing CONNECT_RETRIED at once; not after a protocol
+        error. Never waits: a drop with no retry announced yet is decided by a later call."""
+        for event in self._monitor_events():
+            self._dropped_ns = time.perf_counter_ns() if event == zmq.EVENT_DISCONNECTED else 0
+        if self._dropped_ns and time.perf_counter_ns() - self._dropped_ns >= _RETRY_ANNOUNCED_NS:
+            self._dropped_ns = 0
             try:
                 self.sock.disconnect(self.endpoint)
             except zmq.ZMQError:  # libzmq already forgot the endpoint
