@@ -44,6 +44,7 @@ def is_state(tensor_name: str) -> bool:
     return tensor_name.startswith(_STATE_PREFIX)
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # a Python float: comparing with it casts nothing to float32
 STATE_DTYPES = ("float32", "int32")  # what a state tensor may be (see the module docstring)
 # A bound far above any real policy's state (an xLSTM's C is NH x DH x DH), so that a manifest cannot
 # make the runtime allocate gigabytes per slot before the graph is even checked.
@@ -96,7 +97,7 @@ class StateTensor:
             raise ValueError(f"shape {shape} holds {int(np.prod(shape))} elements per slot, more than {MAX_STATE_ELEMENTS}")
         if dtype not in STATE_DTYPES:
             raise ValueError(f"dtype is {dtype!r}: must be one of {', '.join(STATE_DTYPES)}")
-        if not is_json_number(init) or not np.isfinite(init) or abs(init) > np.finfo(np.float32).max:
+        if not is_json_number(init) or not abs(init) <= FLOAT32_MAX:  # NaN, infinities, and 1e39 (inf in float32)
             raise ValueError(f"init is {init!r}: must be a finite number (in float32)")
         if dtype == "int32" and (init != int(init) or not -(2**31) <= init < 2**31):
             raise ValueError(f"init is {init!r}: an int32 state needs an integer init within int32")

@@ -15,10 +15,12 @@ import math
 
 import numpy as np
 
-from .contract import INPUTS, StateTensor, is_json_number
+from .contract import FLOAT32_MAX, INPUTS, StateTensor, is_json_number
 
 SCHEMA_VERSION = 1
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Far above any robot's observation or action (MuJoCo's largest are a few hundred), so that a manifest
+# cannot make a backend allocate gigabytes of host buffers before its graph is checked.
+MAX_DIM = 1 << 20
 
 
 def read_fields(doc) -> dict:
@@ -82,14 +84,14 @@ def _optional_text(value, field: str) -> str | None:
 
 def _dim(doc: dict, key: str) -> int:
     value = _get(doc, key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{key} is {_show(value)}: must be an integer >= 1")
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_DIM:
+        raise ValueError(f"{key} is {_show(value)}: must be an integer from 1 to {MAX_DIM}")
     return value
 
 
 def _finite(value, field: str, why: str) -> float:
     """A number that stays finite as the float32 the runtime computes in (1e39 does not)."""
-    if not is_json_number(value) or not math.isfinite(value) or abs(value) > _FLOAT32_MAX:
+    if not is_json_number(value) or not math.isfinite(value) or abs(value) > FLOAT32_MAX:
         raise ValueError(f"{field} is {_show(value)}: {why}")
     return float(value)
 
@@ -97,7 +99,7 @@ def _finite(value, field: str, why: str) -> float:
 def _rate(value) -> float | None:
     if value is None:
         return None
-    if not is_json_number(value) or not math.isfinite(value) or not 0 < value <= _FLOAT32_MAX:
+    if not is_json_number(value) or not math.isfinite(value) or not 0 < value <= FLOAT32_MAX:
         raise ValueError(f"control_rate_hz is {_show(value)}: must be null or a finite rate > 0 (Hz)")
     return float(value)
 

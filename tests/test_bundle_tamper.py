@@ -135,7 +135,7 @@ FIELDS = [
     field_case(("action_low", 0), 5.0, "action_low[0]", "action_high[0]"),  # low > high
     field_case(("action_low",), [-3.0, -3.0], "action_low", "act_dim"),
     field_case(("action_high",), "3", "action_high"),
-    *(field_case(("obs_dim",), v, "obs_dim") for v in (0, -1, True, 2.5, "4", None, DELETE)),
+    *(field_case(("obs_dim",), v, "obs_dim") for v in (0, -1, 1 << 40, True, 2.5, "4", None, DELETE)),
     *(field_case(("act_dim",), v, "act_dim") for v in (0, -1, False, 1.0)),
     field_case(("act_dim",), 2, "action_low", "act_dim"),
     *(field_case(("control_rate_hz",), v, "control_rate_hz") for v in (0, -25, NAN, INF, "25", True)),
@@ -488,18 +488,30 @@ def test_external_data_inside_the_bundle_and_listed_loads(tmp_path):
         assert np.isfinite(session.step(np.zeros(4, np.float32))).all()
 
 
-# One case of every kind, as `policyrt verify` meets it.
+# One case of every kind, as `policyrt verify` meets it; every case in the slow set.
 CLI_CASES = [next(c for c in CASES if c.kind == kind) for kind in dict.fromkeys(c.kind for c in CASES)]
+
+
+def verify_refuses_in_one_line(case: Case, work: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "policyrt.cli", "verify", str(case.make(work))], capture_output=True,
+                          text=True, timeout=120, cwd=work)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, (case.label, proc.stderr)
+    assert len(lines) == 1 and all(name in lines[0] for name in case.names), (case.label, proc.stderr)
 
 
 @pytest.mark.parametrize("case", CLI_CASES, ids=[f"{c.kind}-{c.label}" for c in CLI_CASES])
 def test_verify_prints_one_line_naming_the_file_or_field(case, tmp_path):
-    path = case.make(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "policyrt.cli", "verify", str(path)], capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
-    assert len(lines) == 1 and all(name in lines[0] for name in case.names), proc.stderr
+    verify_refuses_in_one_line(case, tmp_path)
+
+
+@pytest.mark.slow
+def test_verify_prints_one_line_for_every_tampered_case(tmp_path):
+    for i, case in enumerate(CASES):
+        work = tmp_path / f"case{i}"
+        work.mkdir()
+        verify_refuses_in_one_line(case, work)
+        shutil.rmtree(work)
 
 
 def random_value(rng: np.random.Generator, pool: list):
@@ -519,7 +531,7 @@ def random_case(rng: np.random.Generator, index: int) -> Case:
         return field_case((key, 0), random_value(rng, HOSTILE_NUMBERS), f"{key}[0]")
     if kind == "dim":
         key = random_value(rng, ["obs_dim", "act_dim"])
-        return field_case((key,), random_value(rng, [0, -1, -(1 << 40), 2.0, NAN, True, "4", None]), key)
+        return field_case((key,), random_value(rng, [0, -1, -(1 << 40), 1 << 40, 10**400, 2.0, NAN, True, "4", None]), key)
     if kind == "scalar":
         key = random_value(rng, ["control_rate_hz", "target_return"])
         pool = [v for v in HOSTILE_NUMBERS if v is not None or key == "target_return"] + ([0, -1.0] if key == "control_rate_hz" else [])
