@@ -82,6 +82,9 @@ def test_the_build_records_compiler_flags_and_cpu_and_keeps_the_bundle_valid(com
     record = bundle.manifest.raw["engines"][artifact_path(compiled, this_cpu(), 2).name]
     assert record["backend"] == "iree" and record["batch"] == 2 and record["cpu"] == this_cpu()
     assert record["compiler"].startswith("iree-base-compiler 3.") and "--iree-llvmcpu-target-cpu=host" in record["flags"]
+    assert "--iree-opt-level=O3" not in record["flags"]  # batch 1 only: slower for every larger batch
+    one = bundle.manifest.raw["engines"][artifact_path(compiled, this_cpu(), 1).name]
+    assert "--iree-opt-level=O3" in one["flags"]
     assert record["bundle_digest"] == bundle.digest
     assert not list((compiled / "engines").glob("*.tmp"))
 
