@@ -13,6 +13,7 @@ Board-side module: standard library, numpy and pyzmq only, Python 3.10.
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 import time
@@ -51,6 +52,7 @@ _RETRY_ANNOUNCED_MS = 20
 _RETRY_ANNOUNCED_NS = _RETRY_ANNOUNCED_MS * 1_000_000
 _WATCHED_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
 _EVENT = struct.Struct("=hi")  # a monitor event's first frame: event id, value
+_monitor_names = itertools.count()
 
 
 def limit_message_size(sock: zmq.Socket) -> None:
@@ -96,7 +98,12 @@ class Link:
         # libzmq reconnects a connecting socket after a lost connection, but not after one it
         # dropped for a protocol error (a frame over ZMQ_MAXMSGSIZE, garbage in the ZMTP stream):
         # the link watches for drops and connects again itself (_restore_connection).
-        self._monitor = None if bind else self.sock.get_monitor_socket(_WATCHED_EVENTS)
+        # (A name unique in the process: pyzmq's default is made of the socket's descriptor, and
+        # descriptors are reused while a closed monitor's inproc name is released asynchronously.)
+        self._monitor = None
+        if not bind:
+            name = f"inproc://policyrt-link-monitor-{os.getpid()}-{next(_monitor_names)}"
+            self._monitor = self.sock.get_monitor_socket(_WATCHED_EVENTS, addr=name)
         self._watch_after = 0  # perf_counter_ns() before which a drain does not look at the monitor
         self._dropped_ns = 0  # perf_counter_ns() of a drop libzmq has not announced a retry for (0: none)
         self.reconnects = 0
