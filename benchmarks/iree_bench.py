@@ -82,16 +82,21 @@ def stepper(session):
     return step
 
 
-def interleaved(rows: dict, samples: int, rounds: int, warmup: int) -> dict:
-    """rows: {key: {backend: step}} -> {key: {backend: {"all": us, "round_p50": [...]}}}."""
+def interleaved(rows: dict, samples: int, rounds: int, warmup: int, row_seconds: float) -> dict:
+    """rows: {key: {backend: step}} -> {key: {backend: {"all": us, "round_p50": [...]}}}. A row's calls per
+    round are `samples`, fewer for slow rows (at least 200) so that one round of a row takes ~row_seconds."""
     from policyrt.benchmark import time_calls
 
     timings = {key: {b: {"all": [], "round_p50": []} for b in steps} for key, steps in rows.items()}
+    calls = {}
+    for key, steps in rows.items():
+        slowest = max(float(np.median(time_calls(step, 50, 10))) for step in steps.values())
+        calls[key] = int(min(samples, max(200, row_seconds * 1e6 / slowest)))
     for r in range(rounds):
         for key, steps in rows.items():
             order = list(steps) if r % 2 == 0 else list(reversed(steps))
             for backend in order:
-                us = time_calls(steps[backend], samples, warmup)
+                us = time_calls(steps[backend], calls[key], warmup)
                 timings[key][backend]["all"].append(us)
                 timings[key][backend]["round_p50"].append(float(np.percentile(us, 50)))
     return timings
@@ -162,6 +167,8 @@ def main(argv=None) -> int:
     parser.add_argument("--samples", type=int, default=2000, help="timed calls per row per round (default 2000)")
     parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--row-seconds", type=float, default=1.0,
+                        help="fewer calls for slow rows: ~this long per row and round (default 1 s)")
     parser.add_argument("--breakdown", action="store_true", help="split IREE's batch-1 call")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
@@ -181,7 +188,7 @@ def main(argv=None) -> int:
         sessions = {(p.name.removesuffix(".policy"), batch): {b: load(p, backend=b, batch_size=batch) for b in BACKENDS}
                     for p in prepared for batch in batches}
         rows = {key: {b: stepper(s) for b, s in per.items()} for key, per in sessions.items()}
-        table = summarize(interleaved(rows, args.samples, args.rounds, args.warmup))
+        table = summarize(interleaved(rows, args.samples, args.rounds, args.warmup, args.row_seconds))
         parts = {name: breakdown(per["iree"], args.samples, args.rounds)
                  for (name, batch), per in sessions.items() if batch == 1} if args.breakdown else {}
     result = {
