@@ -27,8 +27,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("bundle", help="bundle directory or .tar")
     p.add_argument("--precision", choices=["fp32", "fp16"],
                    help="tensorrt: which engine to verify (default: fp32 if built, else fp16)")
-    p.add_argument("--batch", type=int, help="iree: the batch size of the artifact to verify (default 1; "
-                   "parity.json's slots are replayed in passes of this size)")
+    p.add_argument("--batch", type=int, help="slots of the backend replayed on (default: parity.json's; iree: 1, "
+                   "the fixed batch of the artifact to verify); parity.json's slots are replayed in passes of this size")
     p.add_argument("--tolerance", type=float, help="max abs error (default: parity.json's; tensorrt: 1e-4 fp32, 5e-3 fp16)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     from policyrt.commands._session_args import add_session_arguments
