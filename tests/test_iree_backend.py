@@ -278,3 +278,11 @@ def test_auto_takes_a_verified_artifact_and_otherwise_says_once_why_not(verified
     with runtime.load(BUNDLES / "reacher-dt.policy") as session, runtime.load(XLSTM) as plain:
         assert session.backend_name == plain.backend_name == "onnxruntime"
     assert capsys.readouterr().err == ""  # nothing built for them: the default, nothing to say
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_verify_at_another_batch_replays_every_recorded_slot(batch):
+    """ONNX Runtime at a batch other than parity.json's: every recorded slot replayed in passes and compared
+    with its own reference (a slot compared with another's would be off by far more than 1e-5)."""
+    report = verify_backend(open_bundle(XLSTM), "onnxruntime", batch_size=batch)
+    assert report.ok and report.batch == batch and report.outputs[0].max_abs < 1e-5
