@@ -50,6 +50,9 @@ _WATCH_EVERY_NS = 50_000_000
 # Nothing waits for it: a receive or drain that comes later decides (a real-time tick must not).
 _RETRY_ANNOUNCED_MS = 20
 _RETRY_ANNOUNCED_NS = _RETRY_ANNOUNCED_MS * 1_000_000
+# At most one reconnect of our own per ZeroMQ's default reconnect interval: a peer that keeps
+# breaking the protocol is not answered with a storm of connections.
+_RECONNECT_IVL_NS = 100_000_000
 _WATCHED_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
 _EVENT = struct.Struct("=hi")  # a monitor event's first frame: event id, value
 _monitor_names = itertools.count()
@@ -106,6 +109,7 @@ class Link:
             self._monitor = self.sock.get_monitor_socket(_WATCHED_EVENTS, addr=name)
         self._watch_after = 0  # perf_counter_ns() before which a drain does not look at the monitor
         self._dropped_ns = 0  # perf_counter_ns() of a drop libzmq has not announced a retry for (0: none)
+        self._reconnected_ns = 0  # perf_counter_ns() of the last reconnect of our own
         self.reconnects = 0
         if bind:
             self.sock.bind(endpoint)
@@ -261,8 +265,13 @@ class Link:
         error. Never waits: a drop with no retry announced yet is decided by a later call."""
         for event in self._monitor_events():
             self._dropped_ns = time.perf_counter_ns() if event == zmq.EVENT_DISCONNECTED else 0
-        if self._dropped_ns and time.perf_counter_ns() - self._dropped_ns >= _RETRY_ANNOUNCED_NS:
-            self._dropped_ns = 0
+        now = time.perf_counter_ns()
+        if (
+            self._dropped_ns
+            and now - self._dropped_ns >= _RETRY_ANNOUNCED_NS
+            and now - self._reconnected_ns >= _RECONNECT_IVL_NS
+        ):
+            self._dropped_ns, self._reconnected_ns = 0, now
             try:
                 self.sock.disconnect(self.endpoint)
             except zmq.ZMQError:  # libzmq already forgot the endpoint
