@@ -165,7 +165,7 @@ def compile_step(bundle: Bundle, batch: int, out: Path, target_cpu: str = "host"
         if imported.returncode != 0:
             raise IreeBuildError(f"iree-import-onnx could not import {bundle.onnx_path}: {_first_error(imported.stderr)}")
         mlir.write_text(action_in_place(mlir.read_text()))
-        tmp = out.with_name(out.name + ".tmp")
+        tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")  # two builds at once never share one
         try:
             iree_tools.compile_file(str(mlir), output_file=str(tmp), extra_args=flags)
             os.replace(tmp, out)
