@@ -19,7 +19,7 @@ import numpy as np
 from policyrt import contract
 from policyrt.bundle import Bundle
 
-from .backend import Backend
+from .backend import Backend, InferenceError, first_line
 from .iree_artifacts import (
     FUNCTION,
     INSTALL_HINT,
@@ -122,7 +122,10 @@ class IreeBackend(Backend):
             args.push_ref(view)
         args.push_ref(action)  # written in place: self.action holds the result when invoke returns
         results = rt.VmVariantList(len(self._state))
-        self._context.invoke(self._function, args, results)
+        try:
+            self._context.invoke(self._function, args, results)
+        except (RuntimeError, ValueError) as exc:  # the runtime's status errors (ValueError: INVALID_ARGUMENT)
+            raise InferenceError(f"{self.name} step failed: {first_line(exc)}") from exc
         self._state = [results.get_as_object(i, rt.HalBufferView) for i in range(len(self._state))]
 
     def state(self) -> dict[str, np.ndarray]:

@@ -286,3 +286,14 @@ def test_verify_at_another_batch_replays_every_recorded_slot(batch):
     with its own reference (a slot compared with another's would be off by far more than 1e-5)."""
     report = verify_backend(open_bundle(XLSTM), "onnxruntime", batch_size=batch)
     assert report.ok and report.batch == batch and report.outputs[0].max_abs < 1e-5
+
+
+def test_a_failing_step_is_one_inference_error(verified):
+    from policyrt.runtime.backend import InferenceError
+
+    with runtime.load(verified, backend="iree") as session:
+        backend = session.backend
+        backend._state = [backend._host_views[0]]  # a host buffer where the carry belongs: the module refuses it
+        with pytest.raises(InferenceError, match=r"^iree step failed: .*") as caught:
+            session.step(np.zeros(session.manifest.obs_dim, np.float32))
+    assert "\n" not in str(caught.value)
