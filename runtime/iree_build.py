@@ -24,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 
 from policyrt import contract
-from policyrt.bundle import Bundle, sha256_file
+from policyrt.bundle import Bundle, BundleError, sha256_file
 
 from .iree_artifacts import (
     ABI,
@@ -134,6 +134,20 @@ def action_in_place(mlir: str) -> str:
                        f"{action_type}, {mutable}\n{indent}return {', '.join(values[1:])} : {', '.join(carry_types)}", mlir)
 
 
+def check_graph(model, bundle: Bundle) -> None:
+    """The step graph against the manifest (contract.check_graph_io), before anything is compiled."""
+    from onnx import helper
+
+    def io(values) -> dict:
+        return {v.name: (tuple(d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim),
+                         helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name) for v in values}
+
+    try:
+        contract.check_graph_io(bundle.manifest, io(model.graph.input), io(model.graph.output))
+    except ValueError as exc:
+        raise BundleError(f"{bundle.onnx_path}: {exc}") from None
+
+
 def compile_flags(target_cpu: str, triple: str | None, batch: int) -> list[str]:
     flags = ["--iree-hal-target-device=local", "--iree-hal-local-target-device-backends=llvm-cpu",
              f"--iree-llvmcpu-target-cpu={target_cpu}", *(BATCH_1_FLAGS if batch == 1 else ()), *COMPILE_FLAGS]
@@ -158,7 +172,9 @@ def compile_step(bundle: Bundle, batch: int, out: Path, target_cpu: str = "host"
     flags = compile_flags(target_cpu, triple, batch)
     with tempfile.TemporaryDirectory(prefix="policyrt-iree-") as work:
         graph = Path(work) / "step.onnx"
-        onnx.save(packed_step_model(onnx.load(str(bundle.onnx_path)), bundle.manifest, batch), str(graph))
+        model = onnx.load(str(bundle.onnx_path))
+        check_graph(model, bundle)
+        onnx.save(packed_step_model(model, bundle.manifest, batch), str(graph))
         mlir = Path(work) / "step.mlir"
         imported = subprocess.run([sys.executable, "-m", "iree.compiler.tools.import_onnx", str(graph), "-o", str(mlir)],
                                   capture_output=True, text=True)

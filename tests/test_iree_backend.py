@@ -297,3 +297,15 @@ def test_a_failing_step_is_one_inference_error(verified):
         with pytest.raises(InferenceError, match=r"^iree step failed: .*") as caught:
             session.step(np.zeros(session.manifest.obs_dim, np.float32))
     assert "\n" not in str(caught.value)
+
+
+def test_a_graph_off_the_manifest_is_refused_before_compiling(tmp_path, capsys):
+    path = tmp_path / XLSTM.name
+    shutil.copytree(XLSTM, path)
+    doc = json.loads((path / "manifest.json").read_text())
+    doc["state"][1]["shape"] = [2, 64, 63]
+    write_manifest(path, doc)
+    assert main(["build-engine", str(path), "--backend", "iree"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "policy.onnx" in err and "state.block0.C" in err and "\n" not in err
+    assert not (path / "engines").exists() or not list((path / "engines").iterdir())
