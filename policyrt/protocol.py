@@ -15,13 +15,14 @@ Board-side module: standard library and numpy only, Python 3.10.
 from __future__ import annotations
 
 import enum
-import logging
 import struct
 import time
 from typing import NamedTuple
 
 import numpy as np
 
+# Defined in policyrt/protocol_errors.py; the loops and tests import them from here.
+from policyrt.protocol_errors import ERROR_KINDS, ErrorTally, ProtocolError  # noqa: F401
 from policyrt.spec import Spec, SpecError, decode_spec_payload, encode_spec_payload
 
 MAGIC = b"PLRT"
@@ -113,26 +114,6 @@ def data_frame_bytes(spec: Spec) -> int:
 # Types whose payload must be empty in this version.
 _EMPTY_TYPES = (MsgType.HELLO, MsgType.ESTOP, MsgType.CLEAR, MsgType.HEARTBEAT, MsgType.BYE)
 
-# Everything `ProtocolError.kind` can be. Decoding raises the first ten; "multipart" is raised by
-# the link (policyrt/link.py) for a message of several ZeroMQ frames; the last two by the loops on
-# both ends for well-formed messages that arrive at the wrong moment.
-ERROR_KINDS = (
-    "truncated",  # fewer bytes than the header, or than the header's payload_len announces
-    "seq",  # seq 0: never a sequence number (docs/PROTOCOL.md, section 6)
-    "length",  # more bytes than announced, or a payload size that type can never have
-    "magic",
-    "version",
-    "type",  # unknown message type
-    "flags",  # flag bits not defined for the type
-    "dims",  # OBS/ACT float count disagrees with the SPEC
-    "nonfinite",  # NaN or infinity where a finite value is required
-    "spec",  # SPEC content invalid (dims, rate, bounds, JSON, frames that cannot fit MAX_FRAME_BYTES)
-    "multipart",  # a message of several ZeroMQ frames: every policyrt message is one frame
-    "unexpected",  # a valid message the receiver cannot use in its current state
-    "stale",  # an ACT answering an OBS other than the one outstanding
-)
-
-
 def version_mismatch(version: int) -> str:
     """The one-line refusal of a peer speaking another protocol version."""
     older = "the peer" if version < VERSION else "this side"
@@ -140,16 +121,6 @@ def version_mismatch(version: int) -> str:
         f"peer speaks protocol version {version}, this side speaks {VERSION}: upgrade {older} "
         "(versions never mix; docs/PROTOCOL.md, section 9)"
     )
-
-
-class ProtocolError(Exception):
-    """A message was rejected. `kind` is one of ERROR_KINDS; `detail` says what was seen."""
-
-    def __init__(self, kind: str, detail: str):
-        assert kind in ERROR_KINDS, kind
-        super().__init__(f"{kind}: {detail}")
-        self.kind = kind
-        self.detail = detail
 
 
 class Message(NamedTuple):
@@ -397,28 +368,3 @@ class Encoder:
         self._header(buf, MsgType.SPEC, 0, ack, 0, 0, len(payload))
         buf[HEADER_SIZE:] = payload
         return bytes(buf)
-
-
-class ErrorTally:
-    """Counts rejected messages per kind and logs only the first of each kind, so a peer that
-    floods garbage cannot flood the log or slow the loop down with formatting."""
-
-    def __init__(self, logger: logging.Logger, who: str):
-        self.counts: dict[str, int] = {}
-        self._log, self._who = logger, who
-
-    def add(self, error: ProtocolError) -> None:
-        seen = self.counts.get(error.kind, 0)
-        self.counts[error.kind] = seen + 1
-        if not seen:
-            self._log.warning(
-                "%s: rejected a message (%s): %s; further '%s' errors are only counted",
-                self._who,
-                error.kind,
-                error.detail,
-                error.kind,
-            )
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())

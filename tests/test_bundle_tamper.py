@@ -24,11 +24,9 @@ import numpy as np
 import pytest
 from tamper_cases import (
     BASE,
-    CASES,
     INF,
     NAN,
     Case,
-    add_bytes,
     copy_base,
     field_case,
     files_case,
@@ -36,10 +34,10 @@ from tamper_cases import (
     onnx_case,
     outside_file,
     rehash,
-    tar_case,
-    tar_with,
     unlisted_case,
 )
+from tamper_tar_cases import EVERY_CASE as CASES
+from tamper_tar_cases import add_bytes, tar_case, tar_with
 
 from policyrt import runtime
 from policyrt.bundle import BundleError, open_bundle, pack_bundle, sha256_file

@@ -89,7 +89,7 @@ def test_every_registered_backend_resolves_to_its_class_without_loading_its_libr
     for alias, name in runtime.ALIASES.items():
         assert runtime.resolve_backend(alias) == name and runtime.backend_class(alias) is runtime.backend_class(name)
     code = ("import sys, policyrt.runtime as r; [r.backend_class(n) for n in r.BACKENDS]; "
-            "bad = [m for m in ('onnxruntime', 'torch', 'tensorrt', 'cuda') if m in sys.modules]; "
+            "bad = [m for m in ('onnxruntime', 'torch', 'tensorrt', 'cuda', 'iree') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -103,11 +103,11 @@ def test_the_registry_is_readable_without_numpy():
 
 
 def test_backend_names_are_what_backend_accepts():
-    assert runtime.backend_names() == ("auto", "onnxruntime", "torch", "tensorrt", "torch-cuda")
+    assert runtime.backend_names() == ("auto", "onnxruntime", "torch", "tensorrt", "torch-cuda", "iree")
     with_aliases = runtime.backend_names(aliases=True)
-    assert with_aliases[:5] == runtime.backend_names() and {"trt", "ort", "torch_cuda"} <= set(with_aliases)
+    assert with_aliases[:6] == runtime.backend_names() and {"trt", "ort", "torch_cuda"} <= set(with_aliases)
     assert runtime.resolve_backend("auto") == "onnxruntime"
     for name in with_aliases:
         assert runtime.resolve_backend(name) in runtime.BACKENDS
-    with pytest.raises(ValueError, match="unknown backend 'onnx'; available: auto, onnxruntime, torch, tensorrt"):
+    with pytest.raises(ValueError, match="unknown backend 'onnx'; available: auto, onnxruntime, torch, tensorrt, torch-cuda, iree"):
         runtime.resolve_backend("onnx")

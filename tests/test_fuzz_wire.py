@@ -1,6 +1,7 @@
 """Fuzzing the wire both ways against the real commands in their own processes, with the counts
-asserted: robot-side frames against `policyrt run` (lockstep and real time), controller-side
-frames against `policyrt sim serve`. Every case: 0 crashes, 0 hangs (the process answers a final
+asserted: robot-side frames against `policyrt run` (lockstep and real time); controller-side
+frames against `policyrt sim serve` are in tests/test_fuzz_sim_serve.py, the shared mutator and
+judge in tests/fuzz_helpers.py. Every case: 0 crashes, 0 hangs (the process answers a final
 valid exchange and exits 0), 0 non-finite or out-of-bound actions, 0 answers to malformed frames,
 and every rejected frame counted.
 
@@ -14,48 +15,43 @@ The fast part runs in the default set; the long part (tens of thousands of frame
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import signal
-import struct
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-import zmq
+from fuzz_helpers import (
+    ACT_DIM,
+    BUNDLE,
+    HIGH,
+    LOW,
+    OBS_DIM,
+    SESSION_CHANGERS,
+    Mutator,
+    check_action,
+    finish,
+    judge,
+    output_on_failure,
+    send,
+)
 from wire_helpers import (
     PATIENCE_S,
-    RawController,
     ScriptedRobot,
     endpoint_for,
     pendulum_spec,
     reap_processes,
     start_policyrt,
-    start_sim_server,
 )
 
-from policyrt.link import MAX_MESSAGE_BYTES, Link
+from policyrt.link import Link
 from policyrt.protocol import (
-    HEADER,
-    HEADER_SIZE,
-    MAX_FRAME_BYTES,
-    ActFlag,
     Encoder,
     MsgType,
     ObsFlag,
-    ProtocolError,
-    decode,
 )
 from policyrt.stream import open_session_link, stream_endpoint
-
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "inverted-pendulum-xlstm.policy"
-OBS_DIM, ACT_DIM, LOW, HIGH = 4, 1, -3.0, 3.0
-DONE = int(ObsFlag.TERMINATED | ObsFlag.TRUNCATED)
-EXTREMES = (float("nan"), float("inf"), float("-inf"), 1e38, -1e38, 3.4e38, -3.4e38, 1e-45, 0.0)
-# Valid frames that would end or restart the session on purpose (not what a fuzzer tests).
-SESSION_CHANGERS = {MsgType.BYE, MsgType.HELLO, MsgType.SPEC}
 
 
 @pytest.fixture(autouse=True)
@@ -64,124 +60,6 @@ def _reap():
     reap_processes()
 
 
-# ---- the generator -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Fuzzed:
-    parts: tuple[bytes, ...]  # one frame, or the frames of one multipart message
-
-    @property
-    def oversize(self) -> bool:  # libzmq drops the connection instead of delivering it
-        return any(len(p) > MAX_MESSAGE_BYTES for p in self.parts)
-
-
-class Mutator:
-    """Seeded mutations of valid frames from `base()` (a function of the Random)."""
-
-    def __init__(self, seed: int, base):
-        self.rng, self.base = random.Random(seed), base
-        self._mutations = [
-            self._as_is, self._bit_flips, self._truncate, self._extend, self._random_bytes,
-            self._extreme_value, self._header_field, self._seq_zero,
-        ]
-
-    def frame(self) -> bytes:
-        return bytes(self.rng.choice(self._mutations)(bytearray(self.base(self.rng))))
-
-    def next(self) -> Fuzzed:
-        roll = self.rng.random()
-        if roll < 0.03:
-            return Fuzzed(tuple(self.frame() for _ in range(self.rng.randint(2, 4))))
-        if roll < 0.035:
-            size = self.rng.choice([MAX_FRAME_BYTES + 1, MAX_MESSAGE_BYTES + 1, 4 * MAX_MESSAGE_BYTES])
-            return Fuzzed((self.frame()[:HEADER_SIZE].ljust(size, b"\0"),))
-        return Fuzzed((self.frame(),))
-
-    def _as_is(self, f):
-        return f
-
-    def _bit_flips(self, f):
-        for _ in range(self.rng.randint(1, 4)):
-            bit = self.rng.randrange(8 * len(f))
-            f[bit // 8] ^= 1 << (bit % 8)
-        return f
-
-    def _truncate(self, f):
-        return f[: self.rng.randrange(len(f))]
-
-    def _extend(self, f):
-        return f + self.rng.randbytes(self.rng.randint(1, 64))
-
-    def _random_bytes(self, f):
-        return bytearray(self.rng.randbytes(self.rng.randint(0, 200)))
-
-    def _extreme_value(self, f):
-        if len(f) >= HEADER_SIZE + 4:
-            at = HEADER_SIZE + 4 * self.rng.randrange((len(f) - HEADER_SIZE) // 4)
-            struct.pack_into("<f", f, at, self.rng.choice(EXTREMES))
-        return f
-
-    def _header_field(self, f):
-        # magic, version, type, flags, seq, ack, timestamp, episode, step, payload_len, reserved
-        fields = list(HEADER.unpack_from(f))
-        i = self.rng.randrange(1, len(fields))
-        width = (8, 8, 16, 32, 32, 64, 32, 32, 32, 32)[i - 1]
-        fields[i] = self.rng.choice([0, 1, (1 << width) - 1, self.rng.getrandbits(width), fields[i] + 1]) % (1 << width)
-        HEADER.pack_into(f, 0, *fields)
-        return f
-
-    def _seq_zero(self, f):
-        struct.pack_into("<I", f, 8, 0)
-        return f
-
-
-@contextlib.contextmanager
-def output_on_failure(proc, output: Path):
-    """A failed check kills `proc` and fails with the end of its output (why did it stop answering?).
-    The output goes to a file: the fuzzed process logs more than a pipe holds."""
-    try:
-        yield
-    except AssertionError as exc:
-        proc.kill()
-        proc.wait(PATIENCE_S)
-        raise AssertionError(f"{exc}\n--- process output ---\n{output.read_text()[-6000:]}") from None
-
-
-def finish(proc, output: Path) -> str:
-    """Wait for the process to exit 0 and return its output."""
-    code = proc.wait(PATIENCE_S)
-    text = output.read_text()
-    assert code == 0, text[-6000:]
-    return text
-
-
-def send(link, fuzzed: Fuzzed) -> bool:
-    """Send the frame or multipart message; False when the socket could not take it (no peer at
-    the moment, e.g. right after a dropped connection): then it was not sent and is not counted."""
-    try:
-        link.sock.send_multipart(fuzzed.parts)
-        return True
-    except zmq.Again:
-        return False
-
-
-def judge(frame: bytes, **dims):
-    """The decoded message, or None for a frame the receiver must reject."""
-    if len(frame) > MAX_FRAME_BYTES:
-        return None
-    try:
-        return decode(frame, **dims)
-    except ProtocolError:
-        return None
-
-
-def _check_action(act) -> None:
-    assert act.type is MsgType.ACT
-    assert np.isfinite(act.values).all() and ((act.values >= LOW) & (act.values <= HIGH)).all(), act
-
-
-# ---- robot-side frames against `policyrt run`, lockstep ------------------------------------------
 
 
 def _robot_frames(rng: random.Random) -> bytes:
@@ -236,13 +114,13 @@ def _fuzz_policyrt_run_lockstep(n: int, seed: int, tmp_path: Path) -> None:
                 if dropped:
                     act, seqs = robot.obs_until_answered(np.zeros(OBS_DIM, np.float32))
                     probes |= seqs
-                    _check_action(act)
+                    check_action(act)
                     continue
                 probe = robot.obs(np.zeros(OBS_DIM, np.float32), 0.5)
                 acks = []
                 while True:
                     act = robot.recv()
-                    _check_action(act)
+                    check_action(act)
                     if act.ack == probe:
                         break
                     if act.ack not in probes:
@@ -304,7 +182,7 @@ def _fuzz_policyrt_run_realtime(n: int, seed: int, tmp_path: Path) -> None:
                 if polls <= 0:
                     return False
                 continue
-            _check_action(act)
+            check_action(act)
             assert act.ack in valid_obs, f"an ACT answers seq {act.ack}, which was no valid OBS"
             acts += 1
             if act.ack in until_acks:
@@ -374,89 +252,3 @@ def test_fuzzed_robot_frames_against_policyrt_run_realtime(tmp_path):
 @pytest.mark.slow
 def test_fuzzed_robot_frames_against_policyrt_run_realtime_long(tmp_path):
     _fuzz_policyrt_run_realtime(20_000, seed=2121, tmp_path=tmp_path)
-
-
-# ---- controller-side frames against `policyrt sim serve` -------------------------------------------
-
-
-def _fuzz_sim_serve(n: int, seed: int, tmp_path: Path) -> None:
-    ep = endpoint_for("ipc")
-    results = tmp_path / "serve.json"
-    output = tmp_path / "serve.log"
-    server = start_sim_server(ep, "--env-arg", "max_episode_steps=30", results=results, output=output)
-    ctl = RawController(ep, act_dim=ACT_DIM)
-    pending: dict = {}  # the OBS waiting for its answer
-
-    def act_frames(rng: random.Random) -> bytes:
-        enc = Encoder(act_dim=ACT_DIM)
-        enc._seq = rng.getrandbits(31)
-        action = rng.choice([rng.uniform(-3, 3), rng.uniform(-50, 50), rng.choice(EXTREMES)])
-        return enc.act([action], ack=pending["obs"].seq if rng.random() < 0.7 else rng.getrandbits(32),
-                       flags=rng.choice([0, 0, 0, 1]))
-
-    mutator = Mutator(seed, act_frames)
-    dims = dict(obs_dim=OBS_DIM, act_dim=ACT_DIM)
-    counted = clamped = applied = sent = retries = 0
-    estopped = False  # an answer flagged ESTOP latches the robot's e-stop: the safe action from then on
-    try:
-        with output_on_failure(server, output):
-            ctl.hello()
-            pending["obs"] = ctl.recv()
-            while sent < n:
-                obs = pending["obs"]
-                answer, batch_start = None, sent
-                while answer is None and sent < n:
-                    fuzzed = mutator.next()
-                    sent += 1
-                    if fuzzed.oversize:  # the server drops the connection; the DEALER reconnects
-                        if sent - 1 > batch_start:  # only first: the drop would lose what it still held
-                            continue
-                        send(ctl.link, fuzzed)
-                        break
-                    if len(fuzzed.parts) > 1:
-                        counted += send(ctl.link, fuzzed)
-                        continue
-                    msg = judge(fuzzed.parts[0], **dims)
-                    if msg is not None and msg.type in SESSION_CHANGERS | {MsgType.ESTOP, MsgType.CLEAR}:
-                        continue
-                    if not send(ctl.link, fuzzed):
-                        continue
-                    if msg is not None and msg.type is MsgType.ACT and msg.ack == obs.seq:
-                        answer = msg
-                    elif msg is None or msg.type is not MsgType.HEARTBEAT:
-                        counted += 1  # malformed, stale, or a valid type the robot cannot use
-                if answer is None:  # answer it ourselves (again, after a dropped connection)
-                    answer = decode(bytes(ctl.enc.act([0.0], ack=obs.seq)), act_dim=ACT_DIM)
-                    ctl.send(ctl.enc.act([0.0], ack=obs.seq))
-                    nxt = ctl.link.recv(1.0)
-                    while nxt is None:
-                        retries += 1
-                        ctl.send(ctl.enc.act([0.0], ack=obs.seq))
-                        nxt = ctl.link.recv(1.0)
-                else:
-                    nxt = ctl.recv()
-                estopped |= bool(answer.flags & ActFlag.ESTOP)
-                if not obs.flags & DONE:  # an answer to a terminal OBS is ignored: no step
-                    applied += 1
-                    clamped += not estopped and not LOW <= answer.values[0] <= HIGH
-                # one answer, one new observation: nothing was stepped on a malformed frame
-                assert nxt.type is MsgType.OBS and nxt.seq == obs.seq + 1, nxt
-                pending["obs"] = nxt._replace(values=nxt.values.copy())
-            ctl.send(ctl.enc.control(MsgType.BYE))
-    finally:
-        ctl.close()
-    finish(server, output)
-    report = json.loads(results.read_text())
-    assert report["stop_reason"] == "controller_left"
-    assert report["steps"] == applied and report["clamped_actions"] == clamped > 0
-    assert counted <= sum(report["errors"].values()) <= counted + retries, report["errors"]
-    assert counted > n // 4
-
-
-def test_fuzzed_controller_frames_against_policyrt_sim_serve(tmp_path):
-    _fuzz_sim_serve(3000, seed=5, tmp_path=tmp_path)
-
-
-@pytest.mark.slow
-def test_fuzzed_controller_frames_against_policyrt_sim_serve_long(tmp_path):
-    _fuzz_sim_serve(20_000, seed=555, tmp_path=tmp_path)

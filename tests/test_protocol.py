@@ -1,17 +1,15 @@
-"""Wire protocol: round trips, one test per rejection kind, fuzzing, and the examples in
-docs/PROTOCOL.md decoded byte for byte."""
+"""Wire protocol: round trips, one test per rejection kind, and the examples in docs/PROTOCOL.md decoded
+byte for byte (random and corrupted bytes: tests/test_protocol_fuzz.py)."""
 
 from __future__ import annotations
 
-import logging
 import re
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from wire_helpers import floats, frame
 
 from policyrt.protocol import (
     HEADER,
@@ -20,7 +18,6 @@ from policyrt.protocol import (
     VERSION,
     ActFlag,
     Encoder,
-    ErrorTally,
     MsgType,
     ObsFlag,
     ProtocolError,
@@ -30,16 +27,6 @@ from policyrt.spec import Spec
 from policyrt.stream import stream_endpoint
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md"
-
-
-def frame(mtype, payload=b"", *, flags=0, plen=None, magic=MAGIC, version=VERSION, seq=1, ack=0) -> bytes:
-    """A hand-built frame, so malformed ones can be made field by field."""
-    plen = len(payload) if plen is None else plen
-    return HEADER.pack(magic, version, int(mtype), flags, seq, ack, 123, 0, 0, plen, 0) + payload
-
-
-def floats(*values) -> bytes:
-    return np.array(values, "<f4").tobytes()
 
 
 def pendulum_spec(**kw) -> Spec:
@@ -288,65 +275,6 @@ def test_seq_0_is_refused_it_is_never_a_sequence_number(mtype):
     decode(frame(mtype, payload, seq=1), obs_dim=4, act_dim=1)  # the same frame with seq 1 is valid
 
 
-def test_error_carries_kind_and_detail_and_refuses_unknown_kinds():
-    err = ProtocolError("dims", "ACT holds 2 values")
-    assert (err.kind, err.detail) == ("dims", "ACT holds 2 values") and "dims" in str(err)
-    with pytest.raises(AssertionError):
-        ProtocolError("oops", "")
-
-
-# --- fuzzing -----------------------------------------------------------------------------------
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=200))
-def test_random_bytes_raise_only_protocol_errors(data):
-    try:
-        decode(data, obs_dim=4, act_dim=1)
-    except ProtocolError:
-        pass
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=120), st.sampled_from(list(MsgType)))
-def test_random_payloads_behind_a_valid_header_raise_only_protocol_errors(payload, mtype):
-    try:
-        decode(frame(mtype, payload), obs_dim=4, act_dim=1)
-    except ProtocolError:
-        pass
-
-
-finite32 = st.floats(allow_nan=False, allow_infinity=False, width=32)
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    st.lists(finite32, min_size=1, max_size=32),
-    finite32,
-    st.integers(0, 7),
-    st.integers(0, 2**32 - 1),
-    st.integers(0, 2**32 - 1),
-)
-def test_any_valid_obs_round_trips(obs, reward, flags, episode, step):
-    enc = Encoder(obs_dim=len(obs))
-    msg = decode(enc.obs(obs, reward, flags=flags, episode=episode, step=step), obs_dim=len(obs))
-    np.testing.assert_array_equal(msg.obs, np.array(obs, np.float32))
-    assert msg.reward == np.float32(reward)
-    assert (msg.flags, msg.episode, msg.step) == (flags, episode, step)
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.lists(finite32, min_size=1, max_size=8), st.integers(0, 2**32 - 1), st.integers(0, 1000), st.data())
-def test_single_byte_corruption_never_escapes_as_another_exception(action, ack, position, data):
-    good = bytearray(Encoder(act_dim=len(action)).act(action, ack=ack))
-    i = position % len(good)
-    good[i] = data.draw(st.integers(0, 255))
-    try:
-        decode(bytes(good), act_dim=len(action))
-    except ProtocolError:
-        pass
-
-
 # --- the document's examples -------------------------------------------------------------------
 
 
@@ -409,13 +337,3 @@ def test_stream_endpoint_is_derived_deterministically(given_ep, derived):
 def test_stream_endpoint_refuses_what_it_cannot_derive(bad):
     with pytest.raises(ValueError):
         stream_endpoint(bad)
-
-
-def test_error_tally_counts_every_error_and_logs_each_kind_once(caplog):
-    tally = ErrorTally(logging.getLogger("test.tally"), "tester")
-    with caplog.at_level(logging.WARNING, "test.tally"):
-        for _ in range(5):
-            tally.add(ProtocolError("magic", "bad"))
-        tally.add(ProtocolError("dims", "bad"))
-    assert tally.counts == {"magic": 5, "dims": 1} and tally.total == 6
-    assert len(caplog.records) == 2

@@ -12,11 +12,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from wire_helpers import frame
 
 from policyrt.protocol import (
-    HEADER,
-    MAGIC,
-    VERSION,
     ActFlag,
     Encoder,
     MsgType,
@@ -28,10 +26,6 @@ from policyrt.protocol import (
 from policyrt.spec import Spec
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md"
-
-
-def frame(mtype, payload=b"", *, flags=0, seq=1, ack=0) -> bytes:
-    return HEADER.pack(MAGIC, VERSION, int(mtype), flags, seq, ack, 123, 0, 0, len(payload), 0) + payload
 
 
 def obs_batch_payload(flags, episodes, steps, rows) -> bytes:

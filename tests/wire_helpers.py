@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from policyrt.link import Link
-from policyrt.protocol import Encoder, Message, MsgType
+from policyrt.protocol import HEADER, MAGIC, VERSION, Encoder, Message, MsgType
 from policyrt.spec import Spec
 
 TESTS = Path(__file__).resolve().parent
@@ -212,3 +212,13 @@ def pendulum_spec(low: float = -3.0, high: float = 3.0, obs_dim: int = 4) -> Spe
         action_high=np.array([high], np.float32),
         robot="scripted robot",
     )
+
+
+def frame(mtype, payload=b"", *, flags=0, plen=None, magic=MAGIC, version=VERSION, seq=1, ack=0) -> bytes:
+    """A hand-built frame, so malformed ones can be made field by field."""
+    plen = len(payload) if plen is None else plen
+    return HEADER.pack(magic, version, int(mtype), flags, seq, ack, 123, 0, 0, plen, 0) + payload
+
+
+def floats(*values) -> bytes:
+    return np.array(values, "<f4").tobytes()
