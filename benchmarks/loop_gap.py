@@ -41,17 +41,31 @@ def hot_loop(bundle: str, backend: str, calls: int) -> dict:
     """Session.step back to back in a child process pinned to the controller's core."""
     code = (
         "import json, sys, numpy as np\n"
-        "sys.path.insert(0, %r)\n"
+        "sys.path.insert(0, sys.argv[1])\n"
         "import policyrt\n"
         "from policyrt.benchmark import time_calls\n"
         "from iree_bench import stepper\n"
-        "s = policyrt.load(%r, backend=%r)\n"
-        "us = time_calls(stepper(s), %d, 2000)\n"
+        "s = policyrt.load(sys.argv[2], backend=sys.argv[3])\n"
+        "us = time_calls(stepper(s), int(sys.argv[4]), 2000)\n"
         "print(json.dumps({'p50_us': float(np.percentile(us, 50)), 'p99_us': float(np.percentile(us, 99))}))\n"
-    ) % (str(ROOT / "benchmarks"), bundle, backend, calls)
+    )
     out = subprocess.run(
-        ["taskset", "-c", CONTROLLER_CPU, sys.executable, "-c", code],
-        capture_output=True, text=True, check=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+        [
+            "taskset",
+            "-c",
+            CONTROLLER_CPU,
+            sys.executable,
+            "-c",
+            code,
+            str(ROOT / "benchmarks"),
+            bundle,
+            backend,
+            str(calls),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -105,7 +119,9 @@ def markdown(rows: list[dict], hot: dict) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=float, default=60.0, help="seconds per closed-loop run (default: 60)")
-    p.add_argument("--suspect-duration", type=float, default=20.0, help="seconds per suspect run (default: 20)")
+    p.add_argument(
+        "--suspect-duration", type=float, default=20.0, help="seconds per suspect run (default: 20)"
+    )
     p.add_argument("--hot-calls", type=int, default=20000, help="hot-loop calls per backend (default: 20000)")
     p.add_argument("--json", default=str(ROOT / "benchmarks/results/loop_gap.json"))
     args = p.parse_args()
@@ -117,8 +133,12 @@ def main() -> int:
     xlstm_iree = str(prepare_iree(ROOT / "bundles" / XLSTM, work))
     xlstm_ort, dt = str(ROOT / "bundles" / XLSTM), str(ROOT / "bundles" / DT)
     # (bundle path, backend, rate): the IREE copy is the same bundle plus its verified artifact.
-    cases = [(xlstm_ort, "onnxruntime", 1000.0), (xlstm_iree, "iree", 1000.0), (dt, "onnxruntime", 1000.0),
-             (xlstm_iree, "iree", 2000.0)]
+    cases = [
+        (xlstm_ort, "onnxruntime", 1000.0),
+        (xlstm_iree, "iree", 1000.0),
+        (dt, "onnxruntime", 1000.0),
+        (xlstm_iree, "iree", 2000.0),
+    ]
     hot = {}
     for path, backend in {(c[0], c[1]) for c in cases}:
         hot[f"{Path(path).name}:{backend}"] = hot_loop(path, backend, args.hot_calls)
@@ -127,7 +147,10 @@ def main() -> int:
     for condition in ("quiet", "neighbour"):
         with neighbour(condition == "neighbour"):
             for path, backend, rate in cases:
-                print(f"{condition}: {Path(path).name} {backend} {rate:g} Hz for {args.duration:g} s", flush=True)
+                print(
+                    f"{condition}: {Path(path).name} {backend} {rate:g} Hz for {args.duration:g} s",
+                    flush=True,
+                )
                 rows.append(closed_loop(path, backend, rate, args.duration) | {"condition": condition})
     record = work / "flight"
     suspects = {
